@@ -1,0 +1,279 @@
+"""Run documents and their transitions, as pure functions.
+
+A run document is a plain dict, exactly as stored in CouchDB (the original
+``dataflow_archive`` tool's fields plus additive ones). Every transition takes the
+current document and returns a *new* dict, or raises :class:`TransitionRefused` when
+the document's state does not allow it. Returning the very same object means "already
+in the wanted state, nothing to write" (used to make retried writes idempotent).
+
+The stores apply these functions inside a compare-and-swap loop; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import ClaimLost, NotClaimable, TransitionRefused
+
+PENDING = "pending"
+PROCESSING = "processing"
+ENCRYPTED = "encrypted"
+FAILED = "failed"
+STATUSES = (PENDING, PROCESSING, ENCRYPTED, FAILED)
+
+#: How many past attempts a document keeps in ``attempts``.
+ATTEMPTS_KEPT = 10
+#: Longest ``last_error`` kept, so one pathological error can't bloat the document.
+ERROR_CHARS = 2000
+
+RunDocument = dict[str, Any]
+
+
+def timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with offset, as the original tool writes (``2026-04-28T10:00:00+00:00``)."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def parse_timestamp(text: str | None) -> datetime | None:
+    """The inverse of :func:`timestamp`; None for a missing or unreadable value."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def new_run(
+    run_id: str, *, path: str, sequencer: str, worker_id: str, now: datetime
+) -> RunDocument:
+    """A freshly registered, pending run document."""
+    stamp = timestamp(now)
+    return {
+        "_id": run_id,
+        "path": path,
+        "status": PENDING,
+        "worker_id": worker_id,
+        "failure_count": 0,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "sequencer": sequencer,
+    }
+
+
+def failure_count(doc: Mapping[str, Any]) -> int:
+    """``failure_count`` as an int, tolerating hand-edited documents ("2", null)."""
+    value = doc.get("failure_count", 0)
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def lease_expired(doc: Mapping[str, Any], now: datetime) -> bool:
+    """True when a processing run's lease has run out (or it never had a readable one)."""
+    if doc.get("status") != PROCESSING:
+        return False
+    expires = parse_timestamp(doc.get("lease_expires_at"))
+    return expires is None or expires <= now
+
+
+def _touch(doc: Mapping[str, Any], now: datetime, **changes: Any) -> RunDocument:
+    return {**doc, **changes, "updated_at": timestamp(now)}
+
+
+def _holds(doc: Mapping[str, Any], token: str) -> bool:
+    return doc.get("status") == PROCESSING and doc.get("claim_token") == token
+
+
+def _ended_by(doc: Mapping[str, Any], token: str, *statuses: str) -> bool:
+    """We already ended our claim this way (a retried write that committed came back as 409)."""
+    return doc.get("status") in statuses and doc.get("claim_token") == token
+
+
+def _require_claim(doc: Mapping[str, Any], token: str) -> None:
+    if not _holds(doc, token):
+        raise ClaimLost(
+            f"run {doc.get('_id')!r} is no longer held by this worker "
+            f"(now {doc.get('status')!r}, worker {doc.get('worker_id')})"
+        )
+
+
+def _with_attempt(doc: Mapping[str, Any], attempt: dict[str, Any]) -> list[dict[str, Any]]:
+    history = doc.get("attempts")
+    history = list(history) if isinstance(history, list) else []
+    return [*history, attempt][-ATTEMPTS_KEPT:]
+
+
+def claim(
+    doc: Mapping[str, Any], *, worker_id: str, token: str, now: datetime, lease_seconds: float
+) -> RunDocument:
+    """pending → processing, held by ``worker_id`` under the unique ``token``.
+
+    A document already claimed with this token is returned unchanged: a claim whose
+    reply was lost and that came back as a conflict is recognised as ours.
+    """
+    if _holds(doc, token):
+        return doc  # type: ignore[return-value]
+    if doc.get("status") != PENDING:
+        raise NotClaimable(
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}"
+            + (f" (held by {doc.get('worker_id')})" if doc.get("status") == PROCESSING else "")
+        )
+    stamp = timestamp(now)
+    return _touch(
+        doc,
+        now,
+        status=PROCESSING,
+        worker_id=worker_id,
+        claim_token=token,
+        claimed_at=stamp,
+        heartbeat_at=stamp,
+        lease_expires_at=timestamp(now + timedelta(seconds=lease_seconds)),
+        progress=None,
+    )
+
+
+def heartbeat(
+    doc: Mapping[str, Any],
+    *,
+    token: str,
+    now: datetime,
+    lease_seconds: float,
+    progress: Mapping[str, Any] | None = None,
+) -> RunDocument:
+    """Extend the lease of a run we hold; raises :class:`ClaimLost` if we no longer do."""
+    _require_claim(doc, token)
+    changes: dict[str, Any] = {
+        "heartbeat_at": timestamp(now),
+        "lease_expires_at": timestamp(now + timedelta(seconds=lease_seconds)),
+    }
+    if progress is not None:
+        changes["progress"] = dict(progress)
+    return _touch(doc, now, **changes)
+
+
+def _end_claim(doc: Mapping[str, Any], now: datetime, **changes: Any) -> RunDocument:
+    # claim_token stays: it lets a retried write recognise that this ending was ours.
+    return _touch(doc, now, lease_expires_at=None, enqueued_at=None, **changes)
+
+
+def finish(
+    doc: Mapping[str, Any], *, token: str, now: datetime, archive: Mapping[str, Any]
+) -> RunDocument:
+    """processing → encrypted, recording what was produced."""
+    if _ended_by(doc, token, ENCRYPTED):
+        return doc  # type: ignore[return-value]
+    _require_claim(doc, token)
+    attempt = {
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("claimed_at"),
+        "ended_at": timestamp(now),
+        "outcome": ENCRYPTED,
+    }
+    return _end_claim(
+        doc,
+        now,
+        status=ENCRYPTED,
+        archive=dict(archive),
+        last_error=None,
+        attempts=_with_attempt(doc, attempt),
+        progress=_final_progress(doc, now),
+    )
+
+
+def _final_progress(doc: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    progress = doc.get("progress")
+    if not isinstance(progress, dict):
+        return None
+    done = progress.get("bytes_total") or progress.get("bytes_done") or 0
+    return {**progress, "bytes_done": done, "updated_at": timestamp(now)}
+
+
+def fail(
+    doc: Mapping[str, Any], *, token: str, now: datetime, error: str, max_attempts: int
+) -> RunDocument:
+    """processing → pending with ``failure_count + 1``, or → failed at ``max_attempts``."""
+    if _ended_by(doc, token, PENDING, FAILED):
+        return doc  # type: ignore[return-value]
+    _require_claim(doc, token)
+    return _count_failure(doc, now=now, error=error, max_attempts=max_attempts)
+
+
+def _count_failure(
+    doc: Mapping[str, Any], *, now: datetime, error: str, max_attempts: int
+) -> RunDocument:
+    count = failure_count(doc) + 1
+    status = FAILED if count >= max_attempts else PENDING
+    error = error[:ERROR_CHARS]
+    attempt = {
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("claimed_at"),
+        "ended_at": timestamp(now),
+        "outcome": "failed",
+        "error": error,
+    }
+    return _end_claim(
+        doc,
+        now,
+        status=status,
+        failure_count=count,
+        last_error=error,
+        attempts=_with_attempt(doc, attempt),
+    )
+
+
+def release(doc: Mapping[str, Any], *, token: str, now: datetime, reason: str) -> RunDocument:
+    """processing → pending without counting a failure (shutdown, cancellation)."""
+    if _ended_by(doc, token, PENDING):
+        return doc  # type: ignore[return-value]
+    _require_claim(doc, token)
+    attempt = {
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("claimed_at"),
+        "ended_at": timestamp(now),
+        "outcome": "released",
+        "error": reason[:ERROR_CHARS],
+    }
+    return _end_claim(doc, now, status=PENDING, attempts=_with_attempt(doc, attempt))
+
+
+def reclaim_expired(doc: Mapping[str, Any], *, now: datetime, max_attempts: int) -> RunDocument:
+    """An expired lease (worker died, host lost) → pending, counted as a failure."""
+    if not lease_expired(doc, now):
+        raise TransitionRefused(f"run {doc.get('_id')!r} has no expired lease")
+    holder = doc.get("worker_id")
+    return _count_failure(
+        {**doc, "claim_token": None},  # the dead holder's late writes must not match
+        now=now,
+        error=f"lease expired: worker {holder} stopped renewing its claim "
+        f"(last heartbeat {doc.get('heartbeat_at')})",
+        max_attempts=max_attempts,
+    )
+
+
+def retry(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
+    """Operator action: failed → pending with the failure count reset."""
+    if doc.get("status") != FAILED:
+        raise TransitionRefused(
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only failed runs can be retried"
+        )
+    return _touch(doc, now, status=PENDING, failure_count=0, enqueued_at=None)
+
+
+def mark_enqueued(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
+    """Record that an ``archive_run`` message was just sent for this pending run."""
+    if doc.get("status") != PENDING:
+        raise NotClaimable(f"run {doc.get('_id')!r} is {doc.get('status')!r}")
+    return {**doc, "enqueued_at": timestamp(now)}
+
+
+def due_for_enqueue(doc: Mapping[str, Any], *, now: datetime, window_seconds: float) -> bool:
+    """A pending run whose last message (if any) is older than the re-enqueue window."""
+    if doc.get("status") != PENDING:
+        return False
+    last = parse_timestamp(doc.get("enqueued_at"))
+    return last is None or now - last >= timedelta(seconds=window_seconds)

@@ -1,0 +1,252 @@
+"""The run-state store: one interface, the transitions of :mod:`dfarchive.runstate`.
+
+A backend supplies five primitives (read one, compare-and-swap write one, insert the
+missing ones in bulk, list by status, set up); this base class turns them into the
+run transitions, each a read → change → write-if-unchanged loop. A write that loses
+the race re-reads and decides again; nothing is ever overwritten blindly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import runstate
+from ..errors import ClaimLost, NotClaimable, StoreError, TransitionRefused, UnknownRun
+from ..runstate import RunDocument
+
+#: Conflicting writes tolerated in one transition before giving up (each one means
+#: another writer changed the same document in between; a handful is already unusual).
+MAX_CAS_ROUNDS = 20
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run folder to register: its id (the folder name), absolute path and sequencer."""
+
+    run_id: str
+    path: str
+    sequencer: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof that this worker holds a run; every later transition presents it."""
+
+    run_id: str
+    worker_id: str
+    token: str
+
+
+class RunStore(ABC):
+    """Run documents and their transitions, over a backend's compare-and-swap.
+
+    Parameters:
+      max_attempts: failures after which a run becomes ``failed``.
+      lease_seconds: a claim expires this long after its last heartbeat.
+      clock: returns the current time (UTC); injectable for tests.
+    """
+
+    backend = "abstract"
+
+    def __init__(
+        self, *, max_attempts: int = 3, lease_seconds: float = 300, clock: Clock = utc_now
+    ) -> None:
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+
+    # -- backend primitives -------------------------------------------------------
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create the database, tables, design documents; idempotent.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+
+    @abstractmethod
+    def get(self, run_id: str) -> RunDocument | None:
+        """The stored document (with ``_rev``), or None if there is none."""
+
+    @abstractmethod
+    def runs(self, status: str | None = None) -> list[RunDocument]:
+        """All run documents, or those with the given status, ordered by id."""
+
+    @abstractmethod
+    def _replace(self, doc: RunDocument) -> RunDocument | None:
+        """Write ``doc`` if the stored ``_rev`` still equals ``doc["_rev"]``.
+
+        Returns the stored document with its new ``_rev``, or None on a conflict.
+        """
+
+    @abstractmethod
+    def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
+        """Insert the documents whose ids are not stored yet; return the ids inserted.
+
+        A bounded number of requests whatever ``len(docs)`` is.
+        """
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Release connections. The store is unusable afterwards."""
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transitions ----------------------------------------------------------------
+
+    def register_many(self, runs: Iterable[NewRun], *, worker_id: str) -> list[str]:
+        """Register the runs not known yet as ``pending``; idempotent. Returns new ids."""
+        now = self.clock()
+        docs = [
+            runstate.new_run(
+                run.run_id, path=run.path, sequencer=run.sequencer, worker_id=worker_id, now=now
+            )
+            for run in runs
+        ]
+        return self._insert_missing(docs) if docs else []
+
+    def claim(self, run_id: str, *, worker_id: str) -> Claim | None:
+        """Take a pending run. Exactly one of several concurrent callers wins.
+
+        Returns the claim, or None if the run is not pending (another worker holds it,
+        it is done, or it has failed). Raises UnknownRun if there is no such run.
+        """
+        token = uuid.uuid4().hex
+        try:
+            self._update(
+                run_id,
+                lambda doc: runstate.claim(
+                    doc,
+                    worker_id=worker_id,
+                    token=token,
+                    now=self.clock(),
+                    lease_seconds=self.lease_seconds,
+                ),
+            )
+        except NotClaimable:
+            return None
+        return Claim(run_id=run_id, worker_id=worker_id, token=token)
+
+    def heartbeat(self, claim: Claim, progress: Mapping[str, Any] | None = None) -> bool:
+        """Extend the lease (and record progress). False if the run is no longer ours."""
+        try:
+            self._update(
+                claim.run_id,
+                lambda doc: runstate.heartbeat(
+                    doc,
+                    token=claim.token,
+                    now=self.clock(),
+                    lease_seconds=self.lease_seconds,
+                    progress=progress,
+                ),
+            )
+        except (ClaimLost, UnknownRun):
+            return False
+        return True
+
+    def finish(self, claim: Claim, archive: Mapping[str, Any]) -> RunDocument:
+        """processing → encrypted. Raises ClaimLost if the run is no longer ours."""
+        return self._update(
+            claim.run_id,
+            lambda doc: runstate.finish(doc, token=claim.token, now=self.clock(), archive=archive),
+        )
+
+    def fail(self, claim: Claim, error: str) -> RunDocument:
+        """Count a failure: back to pending, or failed at ``max_attempts``."""
+        return self._update(
+            claim.run_id,
+            lambda doc: runstate.fail(
+                doc,
+                token=claim.token,
+                now=self.clock(),
+                error=error,
+                max_attempts=self.max_attempts,
+            ),
+        )
+
+    def release(self, claim: Claim, reason: str) -> RunDocument:
+        """Back to pending, not counted (shutdown, cancellation)."""
+        return self._update(
+            claim.run_id,
+            lambda doc: runstate.release(doc, token=claim.token, now=self.clock(), reason=reason),
+        )
+
+    def reclaim_expired(self) -> list[str]:
+        """Put runs whose lease ran out back to pending (counted). Returns their ids."""
+        reclaimed = []
+        now = self.clock()
+        for doc in self.runs(runstate.PROCESSING):
+            if not runstate.lease_expired(doc, now):
+                continue
+            try:
+                self._update(
+                    doc["_id"],
+                    lambda d: runstate.reclaim_expired(
+                        d, now=self.clock(), max_attempts=self.max_attempts
+                    ),
+                )
+            except (TransitionRefused, UnknownRun):
+                continue  # renewed or reclaimed by someone else in between
+            reclaimed.append(doc["_id"])
+        return reclaimed
+
+    def retry(self, run_id: str) -> RunDocument:
+        """Operator action: failed → pending with the count reset."""
+        return self._update(run_id, lambda doc: runstate.retry(doc, now=self.clock()))
+
+    def due_for_enqueue(self, window_seconds: float) -> list[RunDocument]:
+        """Pending runs whose last message is older than ``window_seconds`` (or never sent)."""
+        now = self.clock()
+        return [
+            doc
+            for doc in self.runs(runstate.PENDING)
+            if runstate.due_for_enqueue(doc, now=now, window_seconds=window_seconds)
+        ]
+
+    def mark_enqueued(self, doc: RunDocument) -> bool:
+        """Record a message for this run, if ``doc`` is still current.
+
+        False when the document changed since it was read (another scheduler marked it,
+        or a worker claimed it): the caller then does not send a message.
+        """
+        try:
+            changed = runstate.mark_enqueued(doc, now=self.clock())
+        except TransitionRefused:
+            return False
+        return self._replace(changed) is not None
+
+    # -- the compare-and-swap loop ------------------------------------------------
+
+    def _update(self, run_id: str, change: Callable[[RunDocument], RunDocument]) -> RunDocument:
+        """Apply ``change`` to the current document until a write wins.
+
+        ``change`` raises TransitionRefused to refuse, or returns its argument itself
+        to say "already so, nothing to write".
+        """
+        for _ in range(MAX_CAS_ROUNDS):
+            doc = self.get(run_id)
+            if doc is None:
+                raise UnknownRun(f"no run {run_id!r} in the {self.backend} store")
+            changed = change(doc)
+            if changed is doc:
+                return doc
+            stored = self._replace(changed)
+            if stored is not None:
+                return stored
+        raise StoreError(
+            f"run {run_id!r}: gave up after {MAX_CAS_ROUNDS} conflicting writes in a row"
+        )
