@@ -1,0 +1,316 @@
+"""One contract, two backends: every transition behaves the same on SQLite and CouchDB.
+
+The CouchDB side runs against the real CouchDB-compatible test server (or a real
+Apache CouchDB when DFARCHIVE_TEST_COUCHDB_URL is set).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dfarchive import runstate
+from dfarchive.errors import ClaimLost, TransitionRefused, UnknownRun
+from dfarchive.store import NewRun, RunStore, SqliteStore
+
+ORIGINAL_FIELDS = {
+    "_id",
+    "path",
+    "status",
+    "worker_id",
+    "failure_count",
+    "created_at",
+    "updated_at",
+}
+
+
+class ManualClock:
+    """A clock the test moves by hand (leases expire without waiting)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["sqlite", "couchdb"])
+def make_store(request, tmp_path) -> Callable[..., RunStore]:
+    """Build a set-up store of the parametrized backend on fresh storage."""
+    stores: list[RunStore] = []
+
+    def make(**options) -> RunStore:
+        if request.param == "sqlite":
+            store: RunStore = SqliteStore(tmp_path / "runs.sqlite3", **options)
+            store.setup()
+        else:
+            store = request.getfixturevalue("couchdb_store")(**options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(make_store, clock) -> RunStore:
+    return make_store(max_attempts=3, lease_seconds=60, clock=clock)
+
+
+def register(store: RunStore, *run_ids: str, worker: str = "scanner:1") -> list[str]:
+    runs = [NewRun(run_id=r, path=f"/data/seq/A/{r}", sequencer="A") for r in run_ids]
+    return store.register_many(runs, worker_id=worker)
+
+
+# -- registration ---------------------------------------------------------------------
+
+
+def test_register_creates_pending_documents_with_the_original_fields(store):
+    assert register(store, "run_001", "run_002") == ["run_001", "run_002"]
+    doc = store.get("run_001")
+    assert doc.keys() >= ORIGINAL_FIELDS
+    assert doc["status"] == "pending"
+    assert doc["path"] == "/data/seq/A/run_001"
+    assert doc["sequencer"] == "A"
+    assert doc["failure_count"] == 0
+    assert doc["worker_id"] == "scanner:1"
+    assert doc["created_at"] == doc["updated_at"] == "2026-11-24T12:00:00+00:00"
+    assert [d["_id"] for d in store.runs("pending")] == ["run_001", "run_002"]
+
+
+def test_register_is_idempotent_and_keeps_existing_state(store):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    assert register(store, "run_001", "run_002") == ["run_002"]
+    doc = store.get("run_001")
+    assert doc["status"] == "processing"
+    assert doc["claim_token"] == claim.token
+    assert register(store) == []
+
+
+def test_get_unknown_run_is_none_and_transitions_on_it_raise(store):
+    assert store.get("nope") is None
+    with pytest.raises(UnknownRun):
+        store.claim("nope", worker_id="w:1")
+    with pytest.raises(UnknownRun):
+        store.retry("nope")
+
+
+# -- claim, heartbeat, finish -----------------------------------------------------------
+
+
+def test_claim_takes_a_pending_run_once(store, clock):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="host-a:11")
+    assert claim is not None and claim.worker_id == "host-a:11"
+    assert store.claim("run_001", worker_id="host-b:22") is None
+    doc = store.get("run_001")
+    assert doc["status"] == "processing"
+    assert doc["worker_id"] == "host-a:11"
+    assert doc["lease_expires_at"] == "2026-11-24T12:01:00+00:00"
+
+
+def test_heartbeat_extends_the_lease_and_records_progress(store, clock):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    clock.advance(30)
+    assert store.heartbeat(claim, {"bytes_done": 10, "bytes_total": 100})
+    doc = store.get("run_001")
+    assert doc["lease_expires_at"] == "2026-11-24T12:01:30+00:00"
+    assert doc["heartbeat_at"] == "2026-11-24T12:00:30+00:00"
+    assert doc["progress"] == {"bytes_done": 10, "bytes_total": 100}
+
+
+def test_finish_marks_encrypted_with_the_archive_record(store, clock):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    clock.advance(5)
+    record = {"file": "/arch/run_001.tar.gpg", "size": 123, "sha256": "ab" * 32}
+    doc = store.finish(claim, record)
+    assert doc["status"] == "encrypted"
+    assert doc["archive"] == record
+    assert doc["lease_expires_at"] is None
+    assert doc["attempts"][-1]["outcome"] == "encrypted"
+    stored = store.get("run_001")
+    assert stored["status"] == "encrypted" and stored["_rev"] == doc["_rev"]
+    # a finished run can't be claimed or finished again
+    assert store.claim("run_001", worker_id="w:2") is None
+    assert store.finish(claim, record)["_rev"] == doc["_rev"]  # retried write: no-op
+
+
+def test_transitions_refuse_a_claim_that_is_not_held(store):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    store.release(claim, "shutdown")
+    with pytest.raises(ClaimLost):
+        store.finish(claim, {"file": "x"})
+    assert not store.heartbeat(claim)
+    assert store.get("run_001")["status"] == "pending"
+    other = store.claim("run_001", worker_id="w:2")
+    with pytest.raises(ClaimLost):
+        store.fail(claim, "late failure of an old claim")
+    with pytest.raises(ClaimLost):
+        store.release(claim, "late release of an old claim")
+    assert store.get("run_001")["claim_token"] == other.token
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def test_fail_counts_and_ends_failed_at_max_attempts(store):
+    register(store, "run_001")
+    for attempt in (1, 2):
+        claim = store.claim("run_001", worker_id="w:1")
+        doc = store.fail(claim, f"tar exited 2 (attempt {attempt})")
+        assert doc["status"] == "pending"
+        assert doc["failure_count"] == attempt
+        assert doc["last_error"] == f"tar exited 2 (attempt {attempt})"
+    claim = store.claim("run_001", worker_id="w:1")
+    doc = store.fail(claim, "tar exited 2 (attempt 3)")
+    assert doc["status"] == "failed"
+    assert doc["failure_count"] == 3
+    assert [a["outcome"] for a in doc["attempts"]] == ["failed"] * 3
+    assert store.claim("run_001", worker_id="w:1") is None
+
+
+def test_release_returns_to_pending_without_counting(store):
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    doc = store.release(claim, "worker shutting down")
+    assert doc["status"] == "pending"
+    assert doc["failure_count"] == 0
+    assert doc["attempts"][-1]["outcome"] == "released"
+
+
+def test_retry_resets_a_failed_run_and_refuses_others(store):
+    register(store, "run_001", "run_002")
+    for _ in range(3):
+        store.fail(store.claim("run_001", worker_id="w:1"), "boom")
+    doc = store.retry("run_001")
+    assert doc["status"] == "pending" and doc["failure_count"] == 0
+    with pytest.raises(TransitionRefused):
+        store.retry("run_002")
+
+
+def test_attempt_history_is_bounded(make_store, clock):
+    store = make_store(max_attempts=100, clock=clock)
+    register(store, "run_001")
+    for n in range(runstate.ATTEMPTS_KEPT + 5):
+        store.fail(store.claim("run_001", worker_id="w:1"), f"error {n}")
+    attempts = store.get("run_001")["attempts"]
+    assert len(attempts) == runstate.ATTEMPTS_KEPT
+    assert attempts[-1]["error"] == f"error {runstate.ATTEMPTS_KEPT + 4}"
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+def test_reclaim_expired_puts_dead_claims_back_counted(store, clock):
+    register(store, "run_001", "run_002")
+    dead = store.claim("run_001", worker_id="dead-host:1")
+    alive = store.claim("run_002", worker_id="live-host:2")
+    clock.advance(45)
+    assert store.heartbeat(alive)
+    assert store.reclaim_expired() == []
+    clock.advance(20)  # run_001's lease (60 s) is over; run_002 was renewed at +45
+    assert store.reclaim_expired() == ["run_001"]
+    doc = store.get("run_001")
+    assert doc["status"] == "pending"
+    assert doc["failure_count"] == 1
+    assert "dead-host:1" in doc["last_error"]
+    # the paused holder comes back: it can't touch the run any more
+    assert not store.heartbeat(dead)
+    with pytest.raises(ClaimLost):
+        store.finish(dead, {"file": "x"})
+    assert store.get("run_002")["status"] == "processing"
+
+
+# -- enqueue bookkeeping ---------------------------------------------------------------
+
+
+def test_enqueue_window(store, clock):
+    register(store, "run_001", "run_002")
+    due = store.due_for_enqueue(600)
+    assert [d["_id"] for d in due] == ["run_001", "run_002"]
+    assert store.mark_enqueued(due[0])
+    assert not store.mark_enqueued(due[0])  # stale copy: someone (we) changed it
+    assert [d["_id"] for d in store.due_for_enqueue(600)] == ["run_002"]
+    clock.advance(601)
+    assert [d["_id"] for d in store.due_for_enqueue(600)] == ["run_001", "run_002"]
+
+
+# -- hand-edited documents ---------------------------------------------------------------
+
+
+def test_odd_documents_do_not_crash_transitions(store, clock):
+    register(store, "run_001")
+    doc = store.get("run_001")
+    doc.update(failure_count="2", status="processing", lease_expires_at="garbage")
+    assert store._replace(doc) is not None
+    assert store.reclaim_expired() == ["run_001"]  # unreadable lease counts as expired
+    assert store.get("run_001")["failure_count"] == 3
+    assert store.get("run_001")["status"] == "failed"
+
+
+# -- races ------------------------------------------------------------------------------
+
+
+def test_claim_race_has_exactly_one_winner(make_store):
+    store = make_store()
+    rounds, threads = 50, 8
+    register(store, *[f"race_{n:03d}" for n in range(rounds)])
+    for n in range(rounds):
+        run_id = f"race_{n:03d}"
+        start = threading.Barrier(threads)
+        winners: list[str] = []
+
+        def contend(worker: str, run_id=run_id, start=start, winners=winners) -> None:
+            start.wait()
+            if store.claim(run_id, worker_id=worker) is not None:
+                winners.append(worker)
+
+        pool = [threading.Thread(target=contend, args=(f"w:{i}",)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        assert len(winners) == 1, f"{run_id}: winners {winners}"
+        assert store.get(run_id)["worker_id"] == winners[0]
+
+
+def test_concurrent_heartbeats_and_progress_lose_no_update(make_store):
+    """Two writers on one document (progress heartbeats vs. an operator's retry of
+    another run) never lose each other's changes: the CAS loop re-reads."""
+    store = make_store()
+    register(store, "run_001")
+    claim = store.claim("run_001", worker_id="w:1")
+    errors: list[BaseException] = []
+
+    def beat(field: str) -> None:
+        try:
+            for n in range(20):
+                assert store.heartbeat(claim, {field: n})
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    pool = [threading.Thread(target=beat, args=(f"f{i}",)) for i in range(4)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert not errors
+    doc = store.get("run_001")
+    assert doc["status"] == "processing"
+    assert int(doc["_rev"].split("-")[0]) == 1 + 1 + 4 * 20  # register, claim, 80 heartbeats
