@@ -1,0 +1,244 @@
+"""Archive one run folder end to end.
+
+pre-flight → tar + encrypt to ``<run>.tar.gpg.partial`` → fsync → validate (decrypt,
+MDC, length, tar headers) → wrap the run key to the recipient into
+``<run>.key.gpg.partial`` → last check that we may publish → rename both into place →
+fsync the directories → the archive record.
+
+Any failure or cancellation removes every partial file; a file under its final name
+is always complete and validated. The run key exists only in this process's memory
+and in the pipes to tar/gpg children; the source folder is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .engines import get_engine
+from .errors import Cancelled, PreflightError
+from .keys import Recipient, new_run_key, wrap_key
+from .publish import PartialFile, fsync_directory
+from .validate import validate_archive
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIX = ".tar.gpg"
+KEY_SUFFIX = ".key.gpg"
+ARCHIVE_MODE = 0o640
+KEY_MODE = 0o600
+#: Free space demanded beyond the run's own size: OpenPGP framing is tiny, but a
+#: nearly full archive volume is an operator problem to raise before hours of work.
+FREE_SPACE_MARGIN = 256 * 1024 * 1024
+#: Rough tar overhead per entry (header block + padding), for the size estimate.
+TAR_ENTRY_OVERHEAD = 1024
+#: Progress is reported at most this often.
+PROGRESS_INTERVAL = 1.0
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveSettings:
+    """What the pipeline needs from the configuration."""
+
+    destination_path: Path
+    keys_path: Path
+    sentinel: str = ".metadata_rsync_exitcode"
+    tar_exclusions: tuple[str, ...] = ()
+    engine: str = "inprocess"
+    validate_with: str = "inprocess"
+    validate_from_device: bool = False
+    gnupg_home: Path | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> ArchiveSettings:
+        return cls(
+            destination_path=config.destination_path,
+            keys_path=config.keys_path,
+            sentinel=config.sentinel,
+            tar_exclusions=config.tar_exclusions,
+            engine=config.engine,
+            validate_with=config.validate_with,
+            validate_from_device=config.validate_from_device,
+            gnupg_home=config.gnupg_home,
+        )
+
+
+def archive_path(settings: ArchiveSettings, run_id: str) -> Path:
+    return settings.destination_path / f"{run_id}{ARCHIVE_SUFFIX}"
+
+
+def key_path(settings: ArchiveSettings, run_id: str) -> Path:
+    return settings.keys_path / f"{run_id}{KEY_SUFFIX}"
+
+
+def estimate_tar_size(run_path: Path) -> int:
+    """Bytes tar will roughly produce (file sizes + per-entry overhead).
+
+    Exclusions are not applied: an upper bound is what the space check wants.
+    Raises PreflightError if the folder can't be walked.
+    """
+    total = 0
+
+    def fail(error: OSError) -> None:
+        raise PreflightError(f"cannot read run folder {run_path}: {error}")
+
+    for directory, dirnames, filenames in os.walk(run_path, onerror=fail):
+        total += TAR_ENTRY_OVERHEAD * (1 + len(dirnames))
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue  # vanished: tar will notice and fail the run
+            total += TAR_ENTRY_OVERHEAD + st.st_size
+    return total
+
+
+def preflight(run_path: Path, settings: ArchiveSettings) -> int:
+    """Check that the run can be archived now; return the estimated tar size.
+
+    Raises: PreflightError naming the folder or path at fault.
+    """
+    if not run_path.is_dir():
+        raise PreflightError(f"run folder {run_path} does not exist (moved or deleted?)")
+    if not os.path.lexists(run_path / settings.sentinel):
+        raise PreflightError(f"run folder {run_path} has no sentinel {settings.sentinel}")
+    for directory in (settings.destination_path, settings.keys_path):
+        if not directory.is_dir():
+            raise PreflightError(f"output directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PreflightError(f"output directory {directory} is not writable")
+    estimate = estimate_tar_size(run_path)
+    free = shutil.disk_usage(settings.destination_path).free
+    if free < estimate + FREE_SPACE_MARGIN:
+        raise PreflightError(
+            f"not enough space in {settings.destination_path} for {run_path.name}: "
+            f"{free / 2**30:.1f} GiB free, need about "
+            f"{(estimate + FREE_SPACE_MARGIN) / 2**30:.1f} GiB"
+        )
+    return estimate
+
+
+class _Throttled:
+    """Calls ``progress(done, total)`` at most once per PROGRESS_INTERVAL."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.last = 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if self.progress is not None and now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self.progress(done, max(self.total, done))
+
+
+def archive_run(
+    run_id: str,
+    run_path: Path,
+    settings: ArchiveSettings,
+    recipient: Recipient,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    before_publish: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Archive, validate and publish one run; return the record for its document.
+
+    Parameters:
+      progress: called with (plaintext bytes done, estimated total), about once a second.
+      cancel: when set, children are stopped, partial files removed, Cancelled raised.
+      before_publish: last check before the renames (e.g. "do we still hold the
+        claim?"); raising from it aborts and cleans up like any other failure.
+
+    Raises: PreflightError, ToolError, ValidationError, RecipientError (all leave no
+    partial file), Cancelled.
+    """
+    started = time.monotonic()
+    estimate = preflight(run_path, settings)
+    log.info("[%s] archiving %s (about %.1f GiB)", run_id, run_path, estimate / 2**30)
+    engine = get_engine(settings.engine)
+    passphrase = new_run_key()
+    archive = PartialFile(archive_path(settings, run_id), ARCHIVE_MODE)
+    key = PartialFile(key_path(settings, run_id), KEY_MODE)
+    with archive, key:
+        result = engine.encrypt(
+            run_path,
+            archive.open(),
+            passphrase,
+            exclusions=settings.tar_exclusions,
+            progress=_Throttled(progress, estimate),
+            cancel=cancel,
+        )
+        archive.sync()
+        _check(cancel)
+        log.info(
+            "[%s] wrote %s bytes in %.0f s; validating",
+            run_id,
+            result.archive_size,
+            result.seconds,
+        )
+        validate_archive(
+            archive.path,
+            passphrase,
+            result,
+            method=settings.validate_with,
+            from_device=settings.validate_from_device,
+            cancel=cancel,
+        )
+        _check(cancel)
+        key.open()
+        key.write_all(
+            wrap_key(
+                passphrase,
+                recipient,
+                gnupg_home=str(settings.gnupg_home) if settings.gnupg_home else None,
+            )
+        )
+        del passphrase
+        if before_publish is not None:
+            before_publish()
+        _check(cancel)
+        final_archive = archive.publish()
+        final_key = key.publish()
+        fsync_directory(settings.destination_path)
+        if settings.keys_path != settings.destination_path:
+            fsync_directory(settings.keys_path)
+    seconds = time.monotonic() - started
+    log.info(
+        "[%s] archived: %s (%.0f MB/s end to end)",
+        run_id,
+        final_archive,
+        result.plaintext_size / max(seconds, 1e-6) / 1e6,
+    )
+    return {
+        "file": str(final_archive),
+        "size": result.archive_size,
+        "sha256": result.archive_sha256,
+        "plaintext_size": result.plaintext_size,
+        "plaintext_sha256": result.plaintext_sha256,
+        "members": result.members,
+        "members_sha256": result.members_sha256,
+        "key_file": str(final_key),
+        "recipient_fingerprint": recipient.fingerprint,
+        "engine": result.engine,
+        "validated_with": settings.validate_with,
+        "host": socket.gethostname(),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("archiving was cancelled")

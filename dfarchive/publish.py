@@ -1,0 +1,87 @@
+"""Write-then-rename: a file under its final name is always complete.
+
+Outputs are written to ``<final>.partial`` (created exclusively, with their final
+mode), fsynced, and renamed into place only once validated; the directory is fsynced
+after the rename. Anything that goes wrong before that removes the partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartialFile:
+    """One output file in the making.
+
+    ``open()`` creates ``<final>.partial`` with ``mode`` (never wider, whatever the
+    umask: created with the mode, then set to exactly it); a stale partial left by a
+    dead worker is removed first. ``publish()`` fsyncs, closes and renames it to the
+    final name; ``discard()`` removes it. Use as a context manager: leaving the block
+    without ``publish()`` discards.
+    """
+
+    def __init__(self, final: Path, mode: int) -> None:
+        self.final = final
+        self.path = final.with_name(final.name + PARTIAL_SUFFIX)
+        self.mode = mode
+        self.fd: int | None = None
+        self.published = False
+
+    def open(self) -> int:
+        """Create the partial file and return its fd (write-only)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # only the claim holder writes this name: any copy is stale
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self.fd = os.open(self.path, flags, self.mode)
+        os.fchmod(self.fd, self.mode)  # the umask may have narrowed it; never widens past mode
+        return self.fd
+
+    def write_all(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def sync(self) -> None:
+        """Flush the data to the device (before reading it back to validate)."""
+        assert self.fd is not None
+        os.fsync(self.fd)
+
+    def publish(self) -> Path:
+        """fsync, close and rename to the final name (replacing an older file)."""
+        if self.fd is not None:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+        os.rename(self.path, self.final)
+        self.published = True
+        return self.final
+
+    def discard(self) -> None:
+        """Close and remove the partial file; safe to call more than once."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def __enter__(self) -> PartialFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
