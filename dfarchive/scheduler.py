@@ -1,0 +1,113 @@
+"""The scheduling pass: scan → register → reclaim expired leases → enqueue.
+
+Dramatiq has no scheduler, so this runs as its own loop (``dfarchive scheduler``, or
+inside ``dataflow_archive`` when a broker is configured). Several schedulers at once
+are safe: registration is idempotent, reclaiming is a compare-and-swap, and a run is
+enqueued only by the scheduler whose ``mark_enqueued`` write wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import Config
+from .errors import DfArchiveError, StoreUnavailable
+from .scan import scan_runs
+from .store.base import RunStore
+
+log = logging.getLogger(__name__)
+
+#: A pending run is re-sent only if its last message is older than this. Workers can
+#: be busy for hours, so re-sending every pass would flood the queue; a message lost
+#: (broker restarted without it) is re-sent after this window.
+REENQUEUE_WINDOW = 3600.0
+
+
+@dataclass
+class PassReport:
+    found: int = 0
+    registered: list[str] = field(default_factory=list)
+    reclaimed: list[str] = field(default_factory=list)
+    enqueued: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+
+def schedule_pass(
+    store: RunStore,
+    config: Config,
+    *,
+    worker_id: str,
+    enqueue: Callable[[str], None] | None = None,
+    window: float = REENQUEUE_WINDOW,
+) -> PassReport:
+    """One pass. ``enqueue`` None: register and reclaim only (the local loop claims)."""
+    report = PassReport()
+    try:
+        scanned = scan_runs(config.sequencing_path, sentinel=config.sentinel, ignore=config.ignore)
+    except OSError as error:
+        log.error("cannot scan %s: %s", config.sequencing_path, error)
+        scanned = None
+    if scanned is not None:
+        for folder in scanned.skipped:
+            log.error("not registering %s: %s", folder.path, folder.reason)
+        report.found, report.skipped = len(scanned.runs), len(scanned.skipped)
+        report.registered = store.register_many(scanned.runs, worker_id=worker_id)
+        for run_id in report.registered:
+            log.info("[%s] registered as pending", run_id)
+    report.reclaimed = store.reclaim_expired()
+    for run_id in report.reclaimed:
+        log.warning("[%s] lease expired; put back to pending", run_id)
+    if enqueue is not None:
+        for doc in store.due_for_enqueue(window):
+            if store.mark_enqueued(doc):
+                enqueue(doc["_id"])
+                report.enqueued.append(doc["_id"])
+    return report
+
+
+def run_scheduler(
+    config: Config, *, once: bool = False, stop: threading.Event | None = None
+) -> int:
+    """``dfarchive scheduler``: schedule passes every ``scan_interval`` until stopped."""
+    from .messaging import BrokerError, broker_url, enqueue_archive, make_broker
+    from .startup import StartupError, open_checked_store, worker_id
+
+    url = broker_url(config.broker_url)
+    if url is None:
+        raise StartupError(
+            f"{config.source}: broker_url: missing; the scheduler feeds dramatiq workers "
+            "through RabbitMQ (without a broker, run dataflow_archive instead)"
+        )
+    store = open_checked_store(config)
+    broker = make_broker(url)
+    stop = stop or threading.Event()
+    me = worker_id()
+    try:
+        while True:
+            try:
+                report = schedule_pass(
+                    store, config, worker_id=me, enqueue=lambda run: enqueue_archive(broker, run)
+                )
+                log.info(
+                    "pass: %d complete runs, %d new, %d reclaimed, %d enqueued",
+                    report.found,
+                    len(report.registered),
+                    len(report.reclaimed),
+                    len(report.enqueued),
+                )
+            except (StoreUnavailable, BrokerError) as error:
+                log.error("scheduling pass failed, retrying next interval: %s", error)
+                if once:
+                    return 1
+            except DfArchiveError as error:
+                log.error("scheduling pass failed: %s", error)
+                if once:
+                    return 1
+            if once or stop.wait(config.scan_interval):
+                return 0
+    finally:
+        broker.close()
+        store.close()
