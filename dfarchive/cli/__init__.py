@@ -1,0 +1,1 @@
+"""Command-line entry points: ``dataflow_archive`` and ``dfarchive``."""

@@ -1,0 +1,145 @@
+"""The all-in-one loop of ``dataflow_archive``: scan, claim and archive on this host.
+
+Up to ``concurrency`` runs are archived at once on a thread pool; a long run never
+keeps a free slot from starting the next pending run. Every ``scan_interval`` (or as
+soon as a slot frees) a scheduling pass registers new runs, reclaims expired leases
+and fills the free slots.
+
+Stopping follows the original tool: :meth:`LocalArchiver.stop` (first Ctrl+C,
+SIGTERM) takes nothing new and lets the runs in progress finish;
+:meth:`LocalArchiver.stop_now` (second Ctrl+C) cancels them: children stopped,
+partial files removed, runs released to pending uncounted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import runstate
+from .attempt import Outcome, attempt_run
+from .errors import StoreUnavailable
+from .scheduler import schedule_pass
+from .startup import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Active:
+    future: Future[Outcome]
+    cancel: threading.Event
+
+
+class LocalArchiver:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.active: dict[str, _Active] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.stopping = threading.Event()
+        self.immediate = threading.Event()
+        self._wakeup = threading.Event()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.config.concurrency, thread_name_prefix="archive"
+        )
+
+    # -- control (called from signal handlers: only set events) ------------------
+
+    def stop(self) -> None:
+        """Graceful: take no new runs, finish those in progress."""
+        self.stopping.set()
+        self._wakeup.set()
+
+    def stop_now(self) -> None:
+        """Immediate: cancel the runs in progress (released uncounted)."""
+        self.immediate.set()
+        self.stopping.set()
+        with self._lock:
+            for active in self.active.values():
+                active.cancel.set()
+        self._wakeup.set()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> bool:
+        """Loop until stopped (or, with ``once``, until one full pass is done).
+
+        Returns True if every run attempted ended encrypted (runs another worker took
+        meanwhile don't count against it).
+        """
+        try:
+            while not self.stopping.is_set():
+                self._pass(once=once)
+                if once and not self.active:
+                    break
+                self._wakeup.wait(1.0 if once else self.config.scan_interval)
+                self._wakeup.clear()
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
+        return all(
+            outcome in (Outcome.ENCRYPTED, Outcome.SKIPPED) for outcome in self.outcomes.values()
+        )
+
+    def _pass(self, *, once: bool) -> None:
+        store = self.runtime.store
+        try:
+            schedule_pass(store, self.config, worker_id=self.runtime.worker_id)
+            pending = store.runs(runstate.PENDING)
+        except StoreUnavailable as error:
+            log.error("store unreachable, retrying next pass: %s", error)
+            return
+        for doc in pending:
+            run_id = doc["_id"]
+            with self._lock:
+                if self.stopping.is_set() or len(self.active) >= self.config.concurrency:
+                    return
+                if run_id in self.active or (once and run_id in self.outcomes):
+                    continue
+                self._start(run_id)
+
+    def _start(self, run_id: str) -> None:
+        cancel = threading.Event()
+        if self.immediate.is_set():
+            return
+        future = self._pool.submit(
+            attempt_run,
+            self.runtime.store,
+            run_id,
+            worker_id=self.runtime.worker_id,
+            settings=self.runtime.settings,
+            recipient=self.runtime.recipient,  # type: ignore[arg-type]
+            cancel=cancel,
+        )
+        self.active[run_id] = _Active(future, cancel)
+        future.add_done_callback(lambda f, run_id=run_id: self._done(run_id, f))
+
+    def _done(self, run_id: str, future: Future[Outcome]) -> None:
+        with self._lock:
+            self.active.pop(run_id, None)
+            error = future.exception()
+            outcome = Outcome.FAILED if error else future.result()
+            if error:
+                log.error("[%s] attempt crashed: %r", run_id, error)
+            self.outcomes[run_id] = outcome
+        self._wakeup.set()
+
+    def _drain(self) -> None:
+        """Wait for the runs in progress (cancelled ones release themselves)."""
+        while True:
+            with self._lock:
+                futures = [active.future for active in self.active.values()]
+            if not futures:
+                return
+            if self.immediate.is_set():
+                log.warning("stopping now: cancelling %d run(s) in progress", len(futures))
+            else:
+                log.info("finishing %d run(s) in progress before exiting", len(futures))
+            for future in futures:
+                while not future.done():
+                    self._wakeup.wait(0.5)
+                    self._wakeup.clear()
