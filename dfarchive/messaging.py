@@ -16,7 +16,8 @@ from dramatiq.middleware import Middleware
 
 from .errors import DfArchiveError
 
-QUEUE_NAME = "dfarchive.archive"
+#: ``$DFARCHIVE_QUEUE`` lets several deployments (or test runs) share one RabbitMQ.
+QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
 ACTOR_NAME = "archive_run"
 BROKER_URL_ENV = "DFARCHIVE_BROKER_URL"
 

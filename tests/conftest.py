@@ -6,6 +6,6 @@ import importlib.util
 
 pytest_plugins = [
     name
-    for name in ("tests.gpg_fixtures", "tests.couchdb_fixtures")
+    for name in ("tests.gpg_fixtures", "tests.couchdb_fixtures", "tests.amqp")
     if importlib.util.find_spec(name) is not None
 ]

@@ -1,0 +1,180 @@
+"""The original tool's command as a real process: --once, and its signal semantics."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfarchive.store import NewRun, SqliteStore
+
+BIN = Path(sys.executable).parent
+SENTINEL = ".metadata_rsync_exitcode"
+
+
+def make_config(tmp_path: Path, gnupg_home, **extra) -> Path:
+    for name in ("seq/seqA", "archives", "keys"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "keys").chmod(0o700)
+    config = {
+        "statusdb": {"url": f"sqlite:{tmp_path / 'runs.sqlite3'}"},
+        "sequencing_path": str(tmp_path / "seq"),
+        "destination_path": str(tmp_path / "archives"),
+        "keys_path": str(tmp_path / "keys"),
+        "gpg_receiver": gnupg_home.fingerprint,
+        "scan_interval": 0.5,
+        "lease_seconds": 30,
+        **extra,
+    }
+    path = tmp_path / "df_archive.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sparse_run(tmp_path: Path, name: str, size: int) -> Path:
+    """A run folder whose one big file is sparse: cheap to make, slow enough to archive."""
+    run = tmp_path / "seq" / "seqA" / name
+    run.mkdir(parents=True)
+    (run / "RunInfo.xml").write_text("<RunInfo/>")
+    with open(run / "big.cbcl", "wb") as f:
+        f.truncate(size)
+    (run / SENTINEL).write_text("0")
+    return run
+
+
+def documents(tmp_path: Path) -> dict[str, dict]:
+    with SqliteStore(tmp_path / "runs.sqlite3") as store:
+        return {doc["_id"]: doc for doc in store.runs()}
+
+
+def start(config: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "dataflow_archive"), "-c", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until_processing(tmp_path: Path, proc: subprocess.Popen, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if (tmp_path / "runs.sqlite3").exists():
+            docs = documents(tmp_path)
+            busy = [d for d in docs.values() if d["status"] == "processing"]
+            if len(busy) >= count and any(
+                p.name.endswith(".partial") for p in (tmp_path / "archives").iterdir()
+            ):
+                return
+        time.sleep(0.05)  # polling a file with a deadline, not a synchronisation sleep
+    raise AssertionError("runs never got in flight")
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    """Read the process's output until a line contains ``text`` (it must, or EOF)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never printed:\n{''.join(seen)}")
+
+
+def partials(tmp_path: Path) -> list[Path]:
+    return [
+        p
+        for d in ("archives", "keys")
+        for p in (tmp_path / d).iterdir()
+        if p.name.endswith(".partial")
+    ]
+
+
+def test_once_archives_every_complete_run_and_exits_0(tmp_path, gnupg_home):
+    config = make_config(tmp_path, gnupg_home)
+    for n in range(3):
+        sparse_run(tmp_path, f"run_{n}", 1 << 20)
+    (tmp_path / "seq" / "seqA" / "incomplete").mkdir()
+    result = subprocess.run(
+        [str(BIN / "dataflow_archive"), "-c", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    docs = documents(tmp_path)
+    assert sorted(docs) == ["run_0", "run_1", "run_2"]
+    assert {d["status"] for d in docs.values()} == {"encrypted"}
+    for n in range(3):
+        assert (tmp_path / "archives" / f"run_{n}.tar.gpg").is_file()
+        assert (tmp_path / "keys" / f"run_{n}.key.gpg").is_file()
+    assert "[run_1]" in result.stderr  # log lines carry the run id
+
+
+def test_once_exits_1_when_a_run_fails(tmp_path, gnupg_home):
+    config = make_config(tmp_path, gnupg_home)
+    sparse_run(tmp_path, "run_ok", 1 << 16)
+    with SqliteStore(tmp_path / "runs.sqlite3") as store:  # registered, then deleted
+        store.setup()
+        store.register_many([NewRun("run_gone", str(tmp_path / "gone"), "seqA")], worker_id="s")
+    result = subprocess.run(
+        [str(BIN / "dataflow_archive"), "-c", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    docs = documents(tmp_path)
+    assert docs["run_ok"]["status"] == "encrypted"
+    assert docs["run_gone"]["status"] == "pending"
+    assert docs["run_gone"]["failure_count"] == 1
+    assert "does not exist" in docs["run_gone"]["last_error"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_finishes_runs_in_progress_and_exits_0(tmp_path, gnupg_home, sig):
+    config = make_config(tmp_path, gnupg_home)
+    sparse_run(tmp_path, "run_a", 512 << 20)
+    sparse_run(tmp_path, "run_b", 512 << 20)
+    proc = start(config)
+    try:
+        wait_until_processing(tmp_path, proc, 2)
+        sparse_run(tmp_path, "run_late", 1 << 16)  # must not be started after the signal
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    docs = documents(tmp_path)
+    assert docs["run_a"]["status"] == docs["run_b"]["status"] == "encrypted"
+    assert docs.get("run_late", {}).get("status", "pending") == "pending"
+    assert partials(tmp_path) == []
+
+
+def test_second_ctrl_c_stops_now_and_releases_runs_uncounted(tmp_path, gnupg_home):
+    config = make_config(tmp_path, gnupg_home)
+    sparse_run(tmp_path, "run_a", 8 << 30)
+    sparse_run(tmp_path, "run_b", 8 << 30)
+    proc = start(config)
+    try:
+        wait_until_processing(tmp_path, proc, 2)
+        proc.send_signal(signal.SIGINT)
+        seen = read_until(proc, "Ctrl+C again")  # two signals at once would coalesce
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        output = seen + output
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    docs = documents(tmp_path)
+    for run in ("run_a", "run_b"):
+        assert docs[run]["status"] == "pending"
+        assert docs[run]["failure_count"] == 0
+        assert docs[run]["attempts"][-1]["outcome"] == "released"
+    assert partials(tmp_path) == []
+    assert list((tmp_path / "archives").iterdir()) == []
