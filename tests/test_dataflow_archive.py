@@ -49,6 +49,7 @@ def sparse_run(tmp_path: Path, name: str, size: int) -> Path:
 
 def documents(tmp_path: Path) -> dict[str, dict]:
     with SqliteStore(tmp_path / "runs.sqlite3") as store:
+        store.setup()  # the file may exist before its table does
         return {doc["_id"]: doc for doc in store.runs()}
 
 

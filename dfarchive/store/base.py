@@ -8,6 +8,8 @@ the race re-reads and decides again; nothing is ever overwritten blindly.
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -237,7 +239,7 @@ class RunStore(ABC):
         ``change`` raises TransitionRefused to refuse, or returns its argument itself
         to say "already so, nothing to write".
         """
-        for _ in range(MAX_CAS_ROUNDS):
+        for attempt in range(MAX_CAS_ROUNDS):
             doc = self.get(run_id)
             if doc is None:
                 raise UnknownRun(f"no run {run_id!r} in the {self.backend} store")
@@ -247,6 +249,9 @@ class RunStore(ABC):
             stored = self._replace(changed)
             if stored is not None:
                 return stored
+            # Jittered backoff: writers that keep colliding on one document spread out
+            # instead of starving one another.
+            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
         raise StoreError(
             f"run {run_id!r}: gave up after {MAX_CAS_ROUNDS} conflicting writes in a row"
         )
