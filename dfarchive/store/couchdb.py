@@ -1,0 +1,472 @@
+"""CouchDB backend: the production store, shared by every host.
+
+Built on ``ibmcloudant``. Each run is one document whose ``_id`` is the run folder name
+(the original ``dataflow_archive`` schema); a write carries the ``_rev`` it read, so
+CouchDB itself is the compare-and-swap: a 409 means someone else wrote first.
+
+Library errors stop here: ``ibm_cloud_sdk_core.ApiException`` and ``requests``
+exceptions become :class:`StoreAuthError` (401/403), :class:`StoreUnavailable`
+(connection failures, timeouts, 429 and 5xx) or :class:`StoreError` (anything else).
+Messages name the server URL without credentials and the database, never a password.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+from ibm_cloud_sdk_core import ApiException, DetailedResponse
+from ibm_cloud_sdk_core.authenticators import (
+    Authenticator,
+    BasicAuthenticator,
+    NoAuthAuthenticator,
+)
+from ibmcloudant.cloudant_v1 import CloudantV1
+from ibmcloudant.couchdb_session_authenticator import CouchDbSessionAuthenticator
+
+from ..errors import StoreAuthError, StoreError, StoreUnavailable
+from ..runstate import RunDocument
+from .base import RunStore
+
+log = logging.getLogger(__name__)
+
+#: The design document every run database has; the original tool queries
+#: ``_design/lookup/_view/runfolder_id``, and other tools may too.
+DESIGN_DOC = "lookup"
+#: Our views in it. Only run documents (they have a ``path``) are indexed.
+VIEWS: dict[str, dict[str, str]] = {
+    "runfolder_id": {"map": "function (doc) { if (doc.path) { emit(doc._id, doc.status); } }"},
+    "by_status": {"map": "function (doc) { if (doc.path) { emit(doc.status, null); } }"},
+}
+#: Concurrent edits of the design document tolerated by :meth:`CouchStore.setup`.
+SETUP_ROUNDS = 5
+#: Retries of a request that failed to connect, timed out or got a 429/5xx. Writes are
+#: retried too: a write that committed but whose reply was lost comes back as a 409,
+#: which the compare-and-swap loop re-reads and recognises as its own.
+DEFAULT_RETRIES = 2
+#: Longest wait between two retries, in seconds.
+RETRY_INTERVAL_SECONDS = 2.0
+
+AUTH_MODES = ("basic", "session")
+#: Locks serialising this process's transitions of one document (by hash of its id).
+UPDATE_LOCK_STRIPES = 64
+
+
+class CouchStore(RunStore):
+    """Run documents in one CouchDB database.
+
+    Parameters:
+      url: the server, e.g. ``https://couch.example.org:5984``. Credentials embedded
+        in it (``http://user:pw@host``) are used when ``username`` is not given, and
+        are never shown.
+      database: the database holding the run documents.
+      username, password: CouchDB credentials; without a username, no authentication.
+      auth: ``"basic"`` (HTTP basic on every request) or ``"session"`` (cookie session).
+      timeout: seconds to wait for a connection or a reply, per attempt.
+      retries: extra attempts for a request that failed to connect, timed out or got a
+        429/5xx (0 disables the SDK's retries).
+      options: passed to :class:`RunStore` (``max_attempts``, ``lease_seconds``, ``clock``).
+
+    Raises:
+      StoreAuthError: a username without a password, or credentials the SDK rejects.
+      StoreError: a URL that is not http(s) or an unknown ``auth``.
+    """
+
+    backend = "couchdb"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str,
+        username: str | None = None,
+        password: str | None = None,
+        auth: str = "basic",
+        timeout: float = 30,
+        retries: int = DEFAULT_RETRIES,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.url, url_user, url_password = _split_credentials(url)
+        if username is None and url_user:
+            username, password = url_user, url_password
+        self.database = database
+        self.username = username or None
+        self.auth = auth
+        self.timeout = timeout
+        self._secret = password or None
+        self._count_lock = threading.Lock()
+        self._request_count = 0
+        self._login_status: int | None = None
+        self._update_locks = [threading.Lock() for _ in range(UPDATE_LOCK_STRIPES)]
+        self._client = CloudantV1(authenticator=self._authenticator(password))
+        self._client.set_service_url(self.url)
+        self._client.set_http_config({"timeout": timeout})
+        if retries > 0:
+            self._client.enable_retries(max_retries=retries, retry_interval=RETRY_INTERVAL_SECONDS)
+        self._client.get_http_client().hooks["response"].append(self._observe_response)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.url!r}, database={self.database!r}, "
+            f"username={self.username!r}, auth={self.auth!r})"
+        )
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests answered so far (including session logins); for benchmarks/tests."""
+        return self._request_count
+
+    def close(self) -> None:
+        self._client.get_http_client().close()
+
+    # -- primitives -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create the database if missing and bring ``_design/lookup`` up to date.
+
+        Idempotent; views of the design document other than ours are kept.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        self._ensure_database()
+        for _ in range(SETUP_ROUNDS):
+            if self._ensure_design_doc():
+                return
+        raise StoreError(
+            f"{self._where()}: _design/{DESIGN_DOC} kept changing under us "
+            f"({SETUP_ROUNDS} conflicting writes)"
+        )
+
+    def get(self, run_id: str) -> RunDocument | None:
+        """The stored document with its ``_rev``, or None if there is none.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        if not _storable_id(run_id):
+            return None  # CouchDB cannot hold a run document with this id
+        return self._call(
+            f"reading run {run_id!r}",
+            lambda: self._client.get_document(db=self.database, doc_id=run_id),
+            tolerate=(404,),
+        )
+
+    def runs(self, status: str | None = None) -> list[RunDocument]:
+        """All run documents, or those with ``status``, ordered by id; one request.
+
+        Run documents are those with a ``path`` (design documents and any other
+        documents in the database are left out), as in the views.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError (also when the database or
+        its design document is missing: run :meth:`setup`).
+        """
+        if status is None:  # _all_docs needs no index: cheaper than a view for all runs
+            result = self._call(
+                "listing runs",
+                lambda: self._client.post_all_docs(db=self.database, include_docs=True),
+            )
+        else:
+            result = self._call(
+                f"listing runs with status {status!r}",
+                lambda: self._client.post_view(
+                    db=self.database,
+                    ddoc=DESIGN_DOC,
+                    view="by_status",
+                    key=status,
+                    include_docs=True,
+                ),
+            )
+        docs = (row.get("doc") for row in result["rows"])
+        return sorted((doc for doc in docs if _is_run(doc)), key=lambda doc: doc["_id"])
+
+    def _replace(self, doc: RunDocument) -> RunDocument | None:
+        """PUT ``doc`` with the ``_rev`` it was read with; None on a conflict (409).
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        result = self._call(
+            f"writing run {doc['_id']!r}",
+            lambda: self._client.put_document(db=self.database, doc_id=doc["_id"], document=doc),
+            tolerate=(409,),
+        )
+        return None if result is None else {**doc, "_rev": result["rev"]}
+
+    def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
+        """Insert the documents not stored yet, in two requests whatever their number.
+
+        Returns the ids this call inserted: an id another writer registered between the
+        two requests comes back as a conflict and is not ours. Ids CouchDB cannot store
+        (starting with ``_``) are logged and skipped.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        docs = _storable(docs)
+        if not docs:
+            return []
+        missing = self._missing_ids([doc["_id"] for doc in docs])
+        todo = [doc for doc in docs if doc["_id"] in missing]
+        if not todo:
+            return []
+        results = self._call(
+            f"registering {len(todo)} runs",
+            lambda: self._client.post_bulk_docs(db=self.database, bulk_docs={"docs": todo}),
+        )
+        return self._inserted(results)
+
+    def _update(self, run_id: str, change: Callable[[RunDocument], RunDocument]) -> RunDocument:
+        """The base compare-and-swap loop, one thread of this process at a time per run.
+
+        Threads sharing this store (a worker's heartbeat and its main thread) then never
+        conflict with each other; conflicts left are with other processes and hosts.
+        """
+        with self._update_locks[hash(run_id) % UPDATE_LOCK_STRIPES]:
+            return super()._update(run_id, change)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _authenticator(self, password: str | None) -> Authenticator:
+        if self.auth not in AUTH_MODES:
+            raise StoreError(f"CouchDB auth must be one of {AUTH_MODES}, not {self.auth!r}")
+        if self.username is None:
+            return NoAuthAuthenticator()
+        if password is None:
+            raise StoreAuthError(f"{self._where()}: user {self.username!r} has no password")
+        try:
+            if self.auth == "session":
+                return CouchDbSessionAuthenticator(self.username, password)
+            return BasicAuthenticator(self.username, password)
+        except ValueError as error:
+            raise StoreAuthError(f"{self._where()}: {self._redacted(str(error))}") from None
+
+    def _observe_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Count every response; remember how the last session login was answered."""
+        with self._count_lock:
+            self._request_count += 1
+        if response.request.method == "POST" and response.request.path_url.endswith("/_session"):
+            self._login_status = response.status_code
+
+    def _ensure_database(self) -> None:
+        found = self._call(
+            "checking the database",
+            lambda: self._client.head_database(db=self.database),
+            tolerate=(404,),
+            result=False,
+        )
+        if found is not None:
+            return
+        self._call(
+            "creating the database",
+            lambda: self._client.put_database(db=self.database),
+            tolerate=(412,),  # created by someone else meanwhile
+        )
+        log.info("created CouchDB database %s at %s", self.database, self.url)
+
+    def _ensure_design_doc(self) -> bool:
+        """One read-compare-write round; False when the write lost a race."""
+        stored = self._call(
+            f"reading _design/{DESIGN_DOC}",
+            lambda: self._client.get_design_document(db=self.database, ddoc=DESIGN_DOC),
+            tolerate=(404,),
+        )
+        current = stored or {"_id": f"_design/{DESIGN_DOC}"}
+        views = {**current.get("views", {}), **VIEWS}
+        if stored is not None and views == stored.get("views"):
+            return True
+        wanted = {**current, "language": "javascript", "views": views}
+        written = self._call(
+            f"writing _design/{DESIGN_DOC}",
+            lambda: self._client.put_design_document(
+                db=self.database, ddoc=DESIGN_DOC, design_document=wanted
+            ),
+            tolerate=(409,),
+        )
+        if written is None:
+            return False
+        log.info("wrote _design/%s in %s (views: %s)", DESIGN_DOC, self.database, sorted(views))
+        return True
+
+    def _missing_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` have no live document (never stored, or deleted)."""
+        result = self._call(
+            f"looking up {len(ids)} runs",
+            lambda: self._client.post_all_docs(db=self.database, keys=ids),
+        )
+        missing = set()
+        for row in result["rows"]:
+            if row.get("error") == "not_found" or (row.get("value") or {}).get("deleted"):
+                missing.add(row["key"])
+        return missing
+
+    def _inserted(self, results: list[dict[str, Any]]) -> list[str]:
+        inserted = []
+        for result in results:
+            if result.get("ok") or ("rev" in result and "error" not in result):
+                inserted.append(result["id"])
+            elif result.get("error") != "conflict":  # conflict: registered by another writer
+                log.error(
+                    "%s: run %r was not registered: %s: %s",
+                    self._where(),
+                    result.get("id"),
+                    result.get("error"),
+                    result.get("reason"),
+                )
+        return inserted
+
+    def _where(self) -> str:
+        return f"CouchDB {self.url} database {self.database!r}"
+
+    def _redacted(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _call(
+        self,
+        what: str,
+        request: Callable[[], DetailedResponse],
+        *,
+        tolerate: Collection[int] = (),
+        result: bool = True,
+    ) -> Any:
+        """Make one request; return its JSON result (or the response if not ``result``).
+
+        Returns None when the server answers with a status in ``tolerate``. A session
+        that the server no longer accepts (401) is renewed once.
+
+        Raises: StoreAuthError (401/403), StoreUnavailable (unreachable, timeout, 429,
+        5xx), StoreError (anything else).
+        """
+        for renewed in (False, True):
+            try:
+                response = request()
+            except ApiException as error:
+                if error.status_code in tolerate:
+                    return None
+                if error.status_code == 401 and self.auth == "session" and not renewed:
+                    self._forget_session()
+                    continue
+                self._raise_api_error(error, what)
+            except requests.exceptions.SSLError as error:  # a setup problem, not transient
+                self._unblock_session_login()
+                reason = _reason(error)
+                raise StoreError(f"{self._where()}: {what}: TLS failed ({reason})") from None
+            except (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                requests.exceptions.RetryError,
+                requests.exceptions.ChunkedEncodingError,
+            ) as error:
+                self._unblock_session_login()
+                raise StoreUnavailable(
+                    f"{self._where()}: {what}: server unreachable ({_reason(error)})"
+                ) from None
+            except requests.exceptions.RequestException as error:
+                self._unblock_session_login()
+                raise StoreError(f"{self._where()}: {what}: {self._redacted(str(error))}") from None
+            except StopIteration:  # the session login's reply had no AuthSession cookie
+                self._unblock_session_login()
+                self._raise_login_error(what)
+            return response.get_result() if result else response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_api_error(self, error: ApiException, what: str) -> NoReturn:
+        status = error.status_code
+        detail = self._redacted(f"HTTP {status}: {error.message}")
+        if status in (401, 403):
+            raise StoreAuthError(
+                f"{self._where()}: {what}: credentials of user {self.username!r} refused ({detail})"
+            ) from None
+        if status == 429 or status >= 500:
+            raise StoreUnavailable(f"{self._where()}: {what}: {detail}") from None
+        raise StoreError(f"{self._where()}: {what}: {detail}") from None
+
+    def _raise_login_error(self, what: str) -> NoReturn:
+        status = self._login_status
+        detail = f"session login as {self.username!r} answered HTTP {status}"
+        if status in (401, 403):
+            raise StoreAuthError(f"{self._where()}: {what}: {detail}: refused") from None
+        if status is not None and (status == 429 or status >= 500):
+            raise StoreUnavailable(f"{self._where()}: {what}: {detail}") from None
+        raise StoreError(f"{self._where()}: {what}: {detail} without a session cookie") from None
+
+    def _session_tokens(self) -> Any:
+        authenticator = self._client.get_authenticator()
+        return getattr(authenticator, "token_manager", None) if self.auth == "session" else None
+
+    def _forget_session(self) -> None:
+        """Make the next request log in again (the server dropped or expired our session)."""
+        tokens = self._session_tokens()
+        if tokens is not None:
+            with tokens.lock:
+                tokens.expire_time = 0
+                tokens.request_time = 0
+
+    def _unblock_session_login(self) -> None:
+        """Undo the SDK's pacing after a failed login.
+
+        ibm-cloud-sdk-core marks a login as in flight and only clears the mark when it
+        succeeds: after a failed one, every request would wait 60 s for it.
+        """
+        tokens = self._session_tokens()
+        if tokens is not None:
+            with tokens.lock:
+                tokens.request_time = 0
+
+
+def _reason(error: Exception) -> str:
+    """The innermost cause of a requests error, e.g. ``[Errno 111] Connection refused``.
+
+    Never holds credentials: the URL the SDK uses has none.
+    """
+    cause: BaseException = error
+    seen = {id(cause)}
+    while cause.__context__ is not None and id(cause.__context__) not in seen:
+        cause = cause.__context__
+        seen.add(id(cause))
+    return str(cause) or type(cause).__name__
+
+
+def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without user info, and the user and password it held (unquoted)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise StoreError(f"CouchDB URL must look like http(s)://host:port, not {_safe_url(url)!r}")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{port}" if port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return clean, user, password
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any user info cut out, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]
+
+
+def _is_run(doc: Any) -> bool:
+    """A run document, as the views see it (not a design or other document)."""
+    return isinstance(doc, dict) and bool(doc.get("path")) and not doc["_id"].startswith("_")
+
+
+def _storable_id(run_id: str) -> bool:
+    return bool(run_id) and not run_id.startswith("_")
+
+
+def _storable(docs: list[RunDocument]) -> list[RunDocument]:
+    """``docs`` without those whose id CouchDB reserves (``_...``) or rejects (empty)."""
+    kept = [doc for doc in docs if _storable_id(doc["_id"])]
+    if len(kept) != len(docs):
+        skipped = sorted(doc["_id"] for doc in docs if not _storable_id(doc["_id"]))
+        log.warning("not registering runs CouchDB cannot store (id starts with _): %s", skipped)
+    return kept
+
+
+__all__ = ["DESIGN_DOC", "VIEWS", "CouchStore"]
