@@ -1,0 +1,413 @@
+"""``dfarchive <command>``: the operator commands.
+
+======================================  =============================================
+``dfarchive init``                      create the state database (tables / CouchDB
+                                        database and design documents) and
+                                        ``keys_path`` (mode 0700)
+``dfarchive status [--status S]``       one line per run: progress, throughput,
+                                        worker, age, failures, last error
+``dfarchive status --json``             the run documents, for scripts (see below)
+``dfarchive show RUN``                  one run document, pretty-printed JSON
+``dfarchive retry RUN``                 a failed run back to pending (count reset)
+``dfarchive verify RUN [--deep]``       bit-rot check of the archive (see
+                                        :mod:`dfarchive.verify`)
+``dfarchive restore RUN --to DIR``      decrypt, verify and extract safely into
+                                        ``DIR/RUN`` (``--archive``/``--key`` to
+                                        restore without a store entry)
+``dfarchive scheduler [--once]``        the scheduling loop feeding dramatiq workers
+======================================  =============================================
+
+Every command takes ``-c/--config PATH`` (else ``$ARCHIVE_CONFIG``, else
+``~/conf/df_archive.yaml``). Exit codes: 0 ok; 1 a check failed (unknown run, run not
+in a state that allows the action, archive mismatch, restore refused or failed
+verification); 2 usage, configuration or start-up error (one line on stderr), and
+for ``verify`` a run that has no archive to verify; 130 interrupted.
+
+``status --json`` prints one JSON array of the run documents exactly as stored, in run
+id order. Each holds the original ``dataflow_archive`` fields: ``_id`` (string, the run
+folder name), ``path`` (string), ``status`` (``"pending"`` | ``"processing"`` |
+``"encrypted"`` | ``"failed"``), ``worker_id`` (string), ``failure_count`` (integer),
+``created_at`` and ``updated_at`` (ISO-8601 UTC strings, ``2026-04-28T10:00:00+00:00``);
+plus ``_rev`` and dfarchive's additive fields, any of which may be absent or null:
+``sequencer``, ``claimed_at``, ``heartbeat_at``, ``lease_expires_at``, ``enqueued_at``,
+``progress`` {``bytes_done``, ``bytes_total``, ``rate`` (bytes/s), ``updated_at``},
+``last_error``, ``attempts`` [{``worker_id``, ``started_at``, ``ended_at``, ``outcome``,
+``error``}], and for encrypted runs ``archive`` {``file``, ``size``, ``sha256``,
+``plaintext_size``, ``plaintext_sha256``, ``members``, ``members_sha256``,
+``key_file``, ``recipient_fingerprint``, ``engine``, ``validated_with``, ``host``,
+``seconds``}. Consumers should ignore fields they don't know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..config import CONFIG_ENV, Config, config_path
+from ..errors import DfArchiveError, TransitionRefused, UnknownRun
+from ..logs import setup_logging
+from ..runstate import STATUSES, RunDocument
+from ..status_view import render_table, summary_line
+from ..store import RunStore, open_store
+from ..store.base import utc_now
+from .common import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_config_option,
+    load,
+    run_main,
+)
+
+if TYPE_CHECKING:
+    from ..verify import ArchiveRecord
+
+PROGRAM = "dfarchive"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``dfarchive`` console script; exits with the command's code."""
+    run_main(PROGRAM, lambda: dispatch(argv))
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code.
+
+    Raises: DfArchiveError for configuration and start-up errors (exit 2 in main).
+    """
+    args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    return command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Operator commands for dfarchive: set up, watch, retry, verify and "
+        "restore archived sequencing runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str):
+        sub = commands.add_parser(name, help=help, description=help)
+        add_config_option(sub)
+        sub.set_defaults(command=handler)
+        return sub
+
+    command("init", cmd_init, "create the state database and keys_path")
+
+    status = command("status", cmd_status, "show where every run stands")
+    status.add_argument("--json", action="store_true", help="print the run documents as JSON")
+    status.add_argument("--status", choices=STATUSES, help="only runs with this status")
+
+    show = command("show", cmd_show, "print one run document as JSON")
+    show.add_argument("run_id", metavar="RUN_ID")
+
+    retry = command("retry", cmd_retry, "put a failed run back to pending")
+    retry.add_argument("run_id", metavar="RUN_ID")
+
+    verify = command("verify", cmd_verify, "check an archive against its record (bit rot)")
+    verify.add_argument("run_id", metavar="RUN_ID")
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="also decrypt it (needs the recipient's private key) and check the "
+        "integrity code and the plaintext checksum",
+    )
+
+    restore = command("restore", cmd_restore, "decrypt, verify and extract an archive")
+    restore.add_argument("run_id", metavar="RUN_ID")
+    restore.add_argument(
+        "--to", required=True, type=Path, metavar="DIR", help="restore into DIR/RUN_ID"
+    )
+    restore.add_argument(
+        "--archive", type=Path, metavar="PATH", help="the .tar.gpg (default: from the store)"
+    )
+    restore.add_argument(
+        "--key", type=Path, metavar="PATH", help="the wrapped .key.gpg (default: from the store)"
+    )
+
+    scheduler = command("scheduler", cmd_scheduler, "run the scheduling loop")
+    scheduler.add_argument("--once", action="store_true", help="one pass, then exit")
+    return parser
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The config, with logging to stderr only (the daemon's log file may not be ours)."""
+    config = load(args, log=False)
+    setup_logging(config.log_level)
+    return config
+
+
+def _say(message: str) -> None:
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
+
+
+def _gnupg_home(config: Config | None) -> str | None:
+    return str(config.gnupg_home) if config is not None and config.gnupg_home else None
+
+
+def _open_existing_store(config: Config) -> RunStore:
+    """The configured store, for reading: never creates a database.
+
+    Raises: StartupError when the SQLite state file does not exist yet.
+    """
+    from ..startup import StartupError
+
+    state_file = config.state_file if config.couchdb is None else None
+    if state_file is not None and not state_file.exists():
+        raise StartupError(
+            f"{config.source}: statusdb: no state database at {state_file} yet; "
+            "run 'dfarchive init' first"
+        )
+    return open_store(config)
+
+
+def _get_run(store: RunStore, run_id: str) -> RunDocument | None:
+    doc = store.get(run_id)
+    if doc is None:
+        _say(f"no run {run_id!r} in the {store.backend} store")
+    return doc
+
+
+def _unwrapper(config: Config | None) -> Callable[[Path], bytes]:
+    """Unwraps a run key with the configured keyring (else ``$GNUPGHOME``).
+
+    Its errors are one line: a StartupError saying where the private key must be.
+    """
+    from ..errors import ToolError
+    from ..keys import unwrap_key
+    from ..startup import StartupError
+
+    home = _gnupg_home(config)
+
+    def unwrap(path: Path) -> bytes:
+        try:
+            return unwrap_key(path, gnupg_home=home)
+        except (ToolError, OSError) as error:
+            keyring = home or os.environ.get("GNUPGHOME") or "~/.gnupg"
+            details = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise StartupError(
+                f"cannot unwrap the run key {path} with the keyring {keyring} (the "
+                f"recipient's private key must be there: gnupg_home or GNUPGHOME): {details}"
+            ) from None
+
+    return unwrap
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the state database and design documents, and keys_path (0700)."""
+    from ..startup import check_keys_path, open_checked_store
+
+    config = _load(args)
+    check_keys_path(config)
+    mode = stat.S_IMODE(config.keys_path.stat().st_mode)
+    print(f"keys_path {config.keys_path} ready (mode {mode:04o})")
+    with open_checked_store(config) as store:
+        if config.couchdb is not None:
+            where = f"CouchDB database {config.couchdb.database!r} at {config.couchdb.url}"
+            print(f"state store ready: {where} (design document _design/lookup)")
+        else:
+            print(f"state store ready: SQLite {config.state_file} ({store.backend})")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The runs as a table, or with ``--json`` as their stored documents."""
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        docs = store.runs(args.status)
+    if args.json:
+        print(_dump(docs))
+        return EXIT_OK
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    if docs:
+        for line in render_table(docs, utc_now(), width=width):
+            print(line)
+    print(summary_line(docs) + (f" (status {args.status})" if args.status else ""))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """One run document as JSON; exit 1 if there is no such run."""
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        doc = _get_run(store, args.run_id)
+    if doc is None:
+        return EXIT_CHECK_FAILED
+    print(_dump(doc))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """failed → pending with the failure count reset; any other state: exit 1."""
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        try:
+            doc = store.retry(args.run_id)
+        except UnknownRun:
+            _say(f"no run {args.run_id!r} in the {store.backend} store")
+            return EXIT_CHECK_FAILED
+        except TransitionRefused as error:
+            _say(f"cannot retry: {error}")
+            return EXIT_CHECK_FAILED
+    print(
+        f"{args.run_id}: failed -> {doc['status']} (failure count reset); "
+        "it is archived again on the next scheduling pass"
+    )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the archive against its record: 0 ok, 1 mismatch, 2 nothing to verify."""
+    from ..verify import NotVerifiable, verify_run
+
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        doc = _get_run(store, args.run_id)
+    if doc is None:
+        return EXIT_CHECK_FAILED
+    try:
+        report = verify_run(doc, deep=args.deep, unwrap=_unwrapper(config))
+    except NotVerifiable as error:
+        _say(f"nothing to verify: {error}")
+        return EXIT_USAGE
+    for line in report.passed:
+        print(f"ok        {line}")
+    for line in report.problems:
+        print(f"MISMATCH  {line}")
+    kind = "deep verification" if args.deep else "verification"
+    if report.ok:
+        print(f"{args.run_id}: {report.archive}: {kind} passed")
+        return EXIT_OK
+    print(f"{args.run_id}: {report.archive}: {kind} FAILED ({len(report.problems)} problems)")
+    return EXIT_CHECK_FAILED
+
+
+def _restore_config(args: argparse.Namespace) -> Config | None:
+    """The config, or None when the command names both files and there is no config."""
+    named = args.config or os.environ.get(CONFIG_ENV)
+    standalone = args.archive is not None and args.key is not None
+    if standalone and not named and not config_path(None).exists():
+        setup_logging("INFO")
+        return None
+    return _load(args)
+
+
+def _restore_record(
+    args: argparse.Namespace, config: Config | None
+) -> tuple[ArchiveRecord | None, int | None]:
+    """The run's archive record (or None), or an exit code when the restore can't go on."""
+    from ..verify import NotVerifiable, archive_record
+
+    standalone = args.archive is not None and args.key is not None
+    if config is None:
+        return None, None
+    try:
+        with _open_existing_store(config) as store:
+            doc = store.get(args.run_id)
+            backend = store.backend
+    except DfArchiveError as error:
+        if not standalone:
+            raise
+        _say(f"warning: store not available ({error}); restoring without the record")
+        return None, None
+    if doc is None:
+        if standalone:
+            _say(f"note: no run {args.run_id!r} in the store; checking the MDC only")
+            return None, None
+        _say(
+            f"no run {args.run_id!r} in the {backend} store "
+            "(give --archive and --key to restore without it)"
+        )
+        return None, EXIT_CHECK_FAILED
+    try:
+        return archive_record(doc), None
+    except NotVerifiable as error:
+        if standalone:
+            _say(f"note: {error}; checking the MDC only")
+            return None, None
+        _say(f"nothing to restore: {error}")
+        return None, EXIT_USAGE
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Unwrap the key, decrypt, verify and extract into ``--to``; 1 if refused/damaged."""
+    from ..restore import RestoreError, restore_archive
+
+    config = _restore_config(args)
+    record, code = _restore_record(args, config)
+    if code is not None:
+        return code
+    archive: Path = args.archive or (record.file if record else None)
+    key_file: Path | None = args.key or (record.key_file if record else None)
+    if key_file is None:
+        _say(f"the record of {args.run_id!r} names no key file; give --key")
+        return EXIT_USAGE
+    for what, path in (("archive", archive), ("key file", key_file)):
+        if not path.is_file():
+            _say(f"{what} {path} does not exist")
+            return EXIT_CHECK_FAILED
+    passphrase = _unwrapper(config)(key_file)
+    try:
+        result = restore_archive(
+            archive,
+            passphrase,
+            args.to,
+            run_id=args.run_id,
+            plaintext_size=record.plaintext_size if record else None,
+            plaintext_sha256=record.plaintext_sha256 if record else None,
+        )
+    except (RestoreError, OSError) as error:
+        _say(f"restore failed, nothing restored: {error}")
+        return EXIT_CHECK_FAILED
+    checked = (
+        "plaintext SHA-256 matches the record"
+        if result.checked_against_record
+        else "no recorded checksum to compare"
+    )
+    for path in result.restored:
+        print(f"restored {path}")
+    print(
+        f"{args.run_id}: {result.members} members, {result.plaintext_size} bytes; "
+        f"integrity code (MDC) correct, {checked}"
+    )
+    return EXIT_OK
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """The scheduling loop; the first SIGINT/SIGTERM stops it after the current pass."""
+    from ..scheduler import run_scheduler
+
+    config = load(args)
+    stop = threading.Event()
+
+    def graceful(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: now
+
+    signal.signal(signal.SIGINT, graceful)
+    signal.signal(signal.SIGTERM, graceful)
+    return run_scheduler(config, once=args.once, stop=stop)

@@ -1,0 +1,609 @@
+"""Restore a run archive into a directory: decrypt, verify, extract safely.
+
+:func:`restore_archive` decrypts ``<run>.tar.gpg`` with dfarchive's OpenPGP reader on a
+thread, into a pipe read by :mod:`tarfile` in streaming mode, and extracts every member
+itself (:class:`SafeExtractor`) into a private temporary directory inside the
+destination. Only once the whole message was read, its integrity code (MDC) checked and
+the plaintext matched the recorded size and SHA-256 (when known) are the extracted
+top-level entries renamed into the destination. Any failure removes the temporary
+directory: a damaged or tampered archive never leaves a half-restored tree behind.
+
+Extraction is safe against hostile archives. Refused, naming the member:
+
+* absolute names and names with a ``..`` component (for members and hard-link targets);
+* any member whose path goes through a symbolic link (so ``link -> /tmp/x`` followed
+  by ``link/evil`` never writes outside), or through something not a directory;
+* hard links to anything outside the tree, to directories or to names not extracted yet
+  (links are made to the name itself, never following a symbolic link);
+* device files and member types tar itself does not write for a run folder.
+
+Symbolic links are restored as they are (relative, absolute or dangling targets): a run
+folder contains them. A later member of the same name replaces an earlier file or link
+(as tar does) without ever opening through it. Names are kept as raw bytes (non-UTF-8
+names survive); contents, permission bits and modification times are restored, and
+ownership when running as root. Set-user/group-ID bits are dropped from files (kept
+on directories, where set-group-ID means "inherit the group").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import hashlib
+import logging
+import os
+import pwd
+import shutil
+import stat
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from .errors import CryptoError, DfArchiveError, ValidationError
+from .openpgp import DecryptResult, decrypt
+from .tarindex import TarIndex
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 4 << 20
+"""Bytes read from the archive per step."""
+COPY_SIZE = 1 << 20
+"""Bytes of member data copied per write."""
+PIPE_SIZE = 1 << 20
+"""Requested capacity of the plaintext pipe (Linux may grant less)."""
+TEMP_PREFIX = ".dfarchive-restore-"
+"""Name prefix of the temporary directory made inside the destination."""
+
+FILE_MODE_BITS = 0o777
+DIRECTORY_MODE_BITS = 0o3777  # keeps set-group-ID and sticky on directories
+TAR_ENCODING, TAR_ERRORS = "utf-8", "surrogateescape"  # names round-trip as raw bytes
+
+
+class RestoreError(DfArchiveError):
+    """The archive could not be restored; nothing was left in the destination."""
+
+
+class UnsafeMember(RestoreError):
+    """A member would be extracted outside the destination, or through a link."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"refusing archive member {name!r}: {reason}")
+
+
+class RestoreIntegrityError(RestoreError):
+    """The archive is damaged, tampered with, or not the one recorded for the run."""
+
+
+class DestinationExists(DfArchiveError):
+    """What the archive would restore already exists in the destination directory."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreResult:
+    """What :func:`restore_archive` restored and verified.
+
+    Attributes:
+      restored: the top-level entries created in the destination.
+      members: tar members extracted.
+      plaintext_size, plaintext_sha256: of the decrypted tar stream.
+      checked_against_record: the plaintext was compared with a recorded SHA-256.
+    """
+
+    restored: tuple[Path, ...]
+    members: int
+    plaintext_size: int
+    plaintext_sha256: str
+    checked_against_record: bool
+
+
+def restore_archive(
+    archive: Path,
+    passphrase: bytes,
+    destination: Path,
+    *,
+    run_id: str | None = None,
+    plaintext_size: int | None = None,
+    plaintext_sha256: str | None = None,
+    preserve_owner: bool | None = None,
+) -> RestoreResult:
+    """Decrypt ``archive`` with ``passphrase`` and extract it into ``destination``.
+
+    Parameters:
+      archive: the ``.tar.gpg`` file.
+      passphrase: the run key (as unwrapped from ``<run>.key.gpg``).
+      destination: the directory to restore into (created if missing).
+      run_id: the run folder at the top of the archive; if ``destination/run_id``
+        already exists the restore is refused before anything is decrypted.
+      plaintext_size, plaintext_sha256: the values recorded when archiving, if known.
+      preserve_owner: restore owners and groups (default: when running as root).
+
+    Returns: a :class:`RestoreResult`.
+
+    Raises:
+      UnsafeMember: a member would escape ``destination`` or write through a link.
+      RestoreIntegrityError: MDC failure, wrong key, truncation, or a plaintext that
+        differs from the recorded size or SHA-256.
+      RestoreError: any other problem reading or extracting the archive.
+      DestinationExists: an entry the archive holds already exists in ``destination``.
+      OSError: the archive can't be opened, or ``destination`` can't be created.
+    In every error case nothing is left in ``destination``.
+    """
+    destination = Path(destination)
+    if run_id is not None and os.path.lexists(destination / run_id):
+        raise DestinationExists(f"{destination / run_id} already exists; restore elsewhere")
+    destination.mkdir(parents=True, exist_ok=True)
+    if preserve_owner is None:
+        preserve_owner = os.geteuid() == 0
+    with open(archive, "rb", buffering=0) as source:
+        plaintext = _PlaintextPipe(source, passphrase, where=str(archive))
+        temp: Path | None = None
+        try:
+            temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=destination))
+            extractor = SafeExtractor(temp, preserve_owner=preserve_owner)
+            plaintext.start()
+            members = _extract_verified(plaintext, extractor)
+            _check_plaintext(plaintext, archive, plaintext_size, plaintext_sha256)
+            restored = _move_into_place(extractor, temp, destination)
+        except BaseException:
+            plaintext.abort()
+            if temp is not None:
+                remove_tree(temp)
+            raise
+    return RestoreResult(
+        restored=restored,
+        members=members,
+        plaintext_size=plaintext.size,
+        plaintext_sha256=plaintext.sha256.hexdigest(),
+        checked_against_record=plaintext_sha256 is not None,
+    )
+
+
+def _extract_verified(plaintext: _PlaintextPipe, extractor: SafeExtractor) -> int:
+    """Extract the whole stream; return the member count once decryption verified."""
+    try:
+        members = extract_stream(plaintext.reader, extractor)
+    except RestoreError as error:
+        plaintext.abort()
+        cause = plaintext.failure()
+        if cause is not None and not isinstance(error, UnsafeMember):
+            raise cause from None  # the damage explains the broken tar stream
+        raise
+    plaintext.drain()
+    plaintext.join()
+    summary = plaintext.index.summary()
+    if not summary.end_of_archive or summary.members != members:
+        raise RestoreError(
+            f"{plaintext.where}: the tar stream is incomplete or unreadable after "
+            f"{members} members (it lists {summary.members}; "
+            f"end-of-archive marker {'seen' if summary.end_of_archive else 'missing'})"
+        )
+    return members
+
+
+def _check_plaintext(
+    plaintext: _PlaintextPipe, archive: Path, size: int | None, sha256: str | None
+) -> None:
+    if size is not None and plaintext.size != size:
+        raise RestoreIntegrityError(
+            f"{archive}: decrypts to {plaintext.size} bytes, the record says {size}"
+        )
+    digest = plaintext.sha256.hexdigest()
+    if sha256 is not None and digest != sha256.lower():
+        raise RestoreIntegrityError(
+            f"{archive}: plaintext SHA-256 is {digest}, the record says {sha256}"
+        )
+
+
+def _move_into_place(extractor: SafeExtractor, temp: Path, destination: Path) -> tuple[Path, ...]:
+    """Rename the extracted top-level entries into ``destination``.
+
+    Directory attributes are set before the renames, except on the top-level
+    directories themselves: a directory that is not writable can't be moved to another
+    parent, and a move may touch its times.
+    """
+    names = [name for name in extractor.top_level if os.path.lexists(_join(temp, name))]
+    for name in names:
+        if os.path.lexists(_join(destination, name)):
+            raise DestinationExists(
+                f"{os.fsdecode(_join(destination, name))} already exists; restore elsewhere"
+            )
+    extractor.apply_directory_attributes(temp, levels="inner")
+    for name in names:
+        os.rename(_join(temp, name), _join(destination, name))
+    os.rmdir(temp)
+    extractor.apply_directory_attributes(destination, levels="top")
+    with contextlib.suppress(OSError):
+        _fsync_directory(destination)
+    return tuple(Path(os.fsdecode(_join(destination, name))) for name in names)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (partly) extracted tree, even one holding read-only directories.
+
+    Never follows symbolic links. Logs a warning if something could not be removed.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    for directory, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                fd = os.open(
+                    os.path.join(directory, name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                )
+                try:
+                    os.fchmod(fd, 0o700)
+                finally:
+                    os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        log.warning("could not remove the temporary directory %s", path)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- decryption on a thread, into a pipe ----------------------------------------------
+
+
+class _PlaintextPipe:
+    """Decrypts ``source`` on a thread into a pipe read through :attr:`reader`.
+
+    The plaintext is hashed, counted and its tar headers walked on the way. Nothing
+    read from :attr:`reader` is verified until :meth:`join` returned without error.
+    """
+
+    def __init__(self, source: BinaryIO, passphrase: bytes, *, where: str) -> None:
+        self.where = where
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.index = TarIndex()
+        self.result: DecryptResult | None = None
+        self.error: Exception | None = None
+        self._source = source
+        self._passphrase = passphrase
+        self._cancel = threading.Event()
+        read_fd, self._write_fd = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.reader = os.fdopen(read_fd, "rb", buffering=COPY_SIZE)
+        self._thread = threading.Thread(target=self._run, name="restore-decrypt", daemon=True)
+        self._started = False
+
+    def start(self) -> None:
+        self._started = True
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = decrypt(
+                self._source,
+                self._passphrase,
+                self._sink,
+                read_size=READ_SIZE,
+                cancel=self._cancel,
+            )
+        except Exception as error:  # handed to the reading thread by join()/failure()
+            self.error = error
+        finally:
+            self._passphrase = b""
+            os.close(self._write_fd)
+
+    def _sink(self, chunk: bytes | memoryview) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        self.index.feed(chunk)
+        view = memoryview(chunk).cast("B")
+        while view:
+            view = view[os.write(self._write_fd, view) :]
+
+    def drain(self) -> None:
+        """Read (and so hash and verify) whatever follows the tar stream's end."""
+        while self.reader.read(COPY_SIZE):
+            pass
+
+    def abort(self) -> None:
+        """Stop decrypting and wait for the thread; safe to call more than once."""
+        self._cancel.set()
+        self.reader.close()  # a writer blocked on the full pipe gets EPIPE
+        if self._started:
+            self._thread.join()
+        elif self._write_fd >= 0:  # never started: the thread would have closed it
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+    def failure(self) -> RestoreError | None:
+        """Why decryption failed (after :meth:`abort` or the thread's end), if it did
+        for a reason of its own rather than being stopped."""
+        error = self.error
+        if isinstance(error, CryptoError):
+            return RestoreIntegrityError(
+                f"{self.where}: fails the integrity check ({error}); the archive is damaged "
+                "or tampered with, or the key is not this archive's"
+            )
+        if isinstance(error, ValidationError):
+            return RestoreError(f"{self.where}: the decrypted tar stream is corrupt: {error}")
+        return None
+
+    def join(self) -> DecryptResult:
+        """Wait for the end of decryption; raise if it did not verify."""
+        self._thread.join()
+        self.reader.close()
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+        if self.error is not None:
+            raise RestoreError(f"{self.where}: cannot decrypt: {self.error}")
+        assert self.result is not None
+        return self.result
+
+
+# -- safe extraction ------------------------------------------------------------------
+
+
+def extract_stream(stream: BinaryIO, extractor: SafeExtractor) -> int:
+    """Extract the tar stream read from ``stream`` with ``extractor``; return the count.
+
+    Directory attributes are left for :meth:`SafeExtractor.apply_directory_attributes`.
+
+    Raises: UnsafeMember, RestoreError (unreadable stream, or extraction failed).
+    """
+    count = 0
+    try:
+        with tarfile.open(
+            fileobj=stream,
+            mode="r|",
+            encoding=TAR_ENCODING,
+            errors=TAR_ERRORS,
+            bufsize=COPY_SIZE,
+        ) as tar:
+            for member in tar:
+                extractor.extract(tar, member)
+                count += 1
+    except tarfile.TarError as error:
+        raise RestoreError(f"cannot read the tar stream after {count} members: {error}") from None
+    return count
+
+
+def member_parts(name: str) -> tuple[bytes, ...]:
+    """The path components of a member name as raw bytes (``.`` and empty ones dropped).
+
+    Raises: UnsafeMember for an absolute name or a ``..`` component.
+    """
+    raw = name.encode(TAR_ENCODING, TAR_ERRORS)
+    if raw.startswith(b"/"):
+        raise UnsafeMember(name, "absolute path")
+    parts = tuple(part for part in raw.split(b"/") if part not in (b"", b"."))
+    if b".." in parts:
+        raise UnsafeMember(name, "'..' in the path would leave the destination")
+    return parts
+
+
+def _join(base: Path | bytes, *parts: bytes) -> bytes:
+    return b"/".join((os.fsencode(base), *parts))
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    mtime = member.mtime
+    return mtime * 1_000_000_000 if isinstance(mtime, int) else round(mtime * 1e9)
+
+
+@cache
+def _uid(name: str, fallback: int) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid if name else fallback
+    except KeyError:
+        return fallback
+
+
+@cache
+def _gid(name: str, fallback: int) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid if name else fallback
+    except KeyError:
+        return fallback
+
+
+class SafeExtractor:
+    """Extracts tar members under ``root``, refusing anything that would leave it.
+
+    Use :meth:`extract` for each member in stream order, then
+    :meth:`apply_directory_attributes` (directories get their modes and times last,
+    deepest first, so restoring their contents can't change or be blocked by them).
+    """
+
+    def __init__(self, root: Path, *, preserve_owner: bool = False) -> None:
+        self.root = os.fsencode(root)
+        self.preserve_owner = preserve_owner
+        self.top_level: list[bytes] = []
+        self._top_seen: set[bytes] = set()
+        self._directories: list[tuple[tuple[bytes, ...], tarfile.TarInfo]] = []
+
+    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Extract one member (``tar`` must be positioned at it: stream order).
+
+        Raises: UnsafeMember, RestoreError (naming the member).
+        """
+        name = member.name
+        parts = member_parts(name)
+        if not parts:
+            if member.isdir():
+                return  # "./": the destination itself; its attributes are not ours
+            raise UnsafeMember(name, "names the destination directory itself")
+        try:
+            self._prepare_parents(parts, name)
+            path = _join(self.root, *parts)
+            if member.isdir():
+                self._make_directory(path, parts, member)
+            elif member.issym():
+                self._make_symlink(path, member)
+            elif member.islnk():
+                self._make_hard_link(path, member)
+            elif member.isreg():
+                self._make_file(tar, path, member)
+            elif member.isfifo():
+                self._make_fifo(path, member)
+            elif member.isdev():
+                raise UnsafeMember(name, "device files are not restored")
+            else:
+                raise UnsafeMember(name, f"unsupported member type {member.type!r}")
+        except OSError as error:
+            raise RestoreError(f"cannot extract archive member {name!r}: {error}") from None
+        if parts[0] not in self._top_seen:
+            self._top_seen.add(parts[0])
+            self.top_level.append(parts[0])
+
+    # -- paths ----------------------------------------------------------------------
+
+    def _prepare_parents(self, parts: tuple[bytes, ...], name: str) -> None:
+        """Make sure every parent is a real directory (creating missing ones)."""
+        path = self.root
+        for part in parts[:-1]:
+            path = _join(path, part)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path)  # not in the archive: default mode, as tar does
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeMember(
+                    name,
+                    f"{os.fsdecode(part)!r} on its path is a symbolic link; "
+                    "extracting would write through it",
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeMember(name, f"{os.fsdecode(part)!r} on its path is not a directory")
+
+    def _existing_target(self, member: tarfile.TarInfo) -> bytes:
+        """The path of an already extracted hard-link target inside the tree."""
+        name, target = member.name, member.linkname
+        try:
+            parts = member_parts(target)
+        except UnsafeMember as error:
+            raise UnsafeMember(name, f"hard link to {target!r}: {error.reason}") from None
+        if not parts:
+            raise UnsafeMember(name, f"hard link to {target!r}, the destination itself")
+        path = self.root
+        for index, part in enumerate(parts):
+            path = _join(path, part)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise UnsafeMember(
+                    name, f"hard link to {target!r}, which is not in the archive before it"
+                ) from None
+            last = index == len(parts) - 1
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise UnsafeMember(name, f"hard link to {target!r} goes through a link or file")
+            if last and stat.S_ISDIR(st.st_mode):
+                raise UnsafeMember(name, f"hard link to the directory {target!r}")
+        return path
+
+    def _clear(self, path: bytes, name: str, *, keep_directory: bool) -> bool:
+        """Remove an earlier non-directory entry at ``path`` (a later member replaces
+        it, as with tar). True if ``path`` is a directory that stays."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_directory:
+                return True
+            raise UnsafeMember(name, "would replace a directory extracted before it")
+        os.unlink(path)
+        return False
+
+    # -- member types -----------------------------------------------------------------
+
+    def _make_directory(
+        self, path: bytes, parts: tuple[bytes, ...], member: tarfile.TarInfo
+    ) -> None:
+        if not self._clear(path, member.name, keep_directory=True):
+            os.mkdir(path, 0o700)
+        self._directories.append((parts, member))
+
+    def _make_file(self, tar: tarfile.TarFile, path: bytes, member: tarfile.TarInfo) -> None:
+        self._clear(path, member.name, keep_directory=False)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            data = tar.extractfile(member)
+            assert data is not None  # a regular file always has data
+            while chunk := data.read(COPY_SIZE):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            self._set_owner(fd, member)
+            os.fchmod(fd, member.mode & FILE_MODE_BITS)
+            os.utime(fd, ns=(_mtime_ns(member), _mtime_ns(member)))
+        finally:
+            os.close(fd)
+
+    def _make_symlink(self, path: bytes, member: tarfile.TarInfo) -> None:
+        self._clear(path, member.name, keep_directory=False)
+        os.symlink(member.linkname.encode(TAR_ENCODING, TAR_ERRORS), path)
+        self._set_owner(path, member)
+        os.utime(path, ns=(_mtime_ns(member), _mtime_ns(member)), follow_symlinks=False)
+
+    def _make_hard_link(self, path: bytes, member: tarfile.TarInfo) -> None:
+        target = self._existing_target(member)
+        self._clear(path, member.name, keep_directory=False)
+        os.link(target, path, follow_symlinks=False)
+
+    def _make_fifo(self, path: bytes, member: tarfile.TarInfo) -> None:
+        self._clear(path, member.name, keep_directory=False)
+        os.mkfifo(path, 0o600)
+        self._set_owner(path, member)
+        os.chmod(path, member.mode & FILE_MODE_BITS, follow_symlinks=False)
+        os.utime(path, ns=(_mtime_ns(member), _mtime_ns(member)), follow_symlinks=False)
+
+    # -- attributes -----------------------------------------------------------------
+
+    def _set_owner(self, target: int | bytes, member: tarfile.TarInfo) -> None:
+        if not self.preserve_owner:
+            return
+        uid, gid = _uid(member.uname, member.uid), _gid(member.gname, member.gid)
+        try:
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.chown(target, uid, gid, follow_symlinks=False)
+        except PermissionError as error:  # e.g. root squashed on NFS: keep going
+            log.warning("cannot restore the owner of %r: %s", member.name, error)
+
+    def apply_directory_attributes(
+        self, base: Path | None = None, *, levels: Literal["all", "inner", "top"] = "all"
+    ) -> None:
+        """Set the extracted directories' owners, modes and times, deepest first.
+
+        Parameters:
+          base: where the tree is now (default: the extraction root), for a tree
+            renamed into place after extraction.
+          levels: ``"top"`` only the top-level directories, ``"inner"`` all others.
+        """
+        root = self.root if base is None else os.fsencode(base)
+        ordered = sorted(self._directories, key=lambda item: len(item[0]), reverse=True)
+        for parts, member in ordered:
+            if (levels == "top" and len(parts) > 1) or (levels == "inner" and len(parts) == 1):
+                continue
+            fd = os.open(
+                _join(root, *parts), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+            try:
+                self._set_owner(fd, member)
+                os.fchmod(fd, member.mode & DIRECTORY_MODE_BITS)
+                os.utime(fd, ns=(_mtime_ns(member), _mtime_ns(member)))
+            finally:
+                os.close(fd)
