@@ -227,9 +227,14 @@ def test_missing_config_file_says_how_to_name_one(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize("case", ["missing sequencing_path", "unknown key with a suggestion"])
-@pytest.mark.parametrize("command", ["dfarchive", "dataflow_archive"])
-def test_cli_reports_a_bad_config_in_one_line_with_exit_2(case, command, tmp_path, dirs):
+CLI_CASES = [("dfarchive", case) for case in BAD_CONFIGS] + [
+    ("dataflow_archive", "missing sequencing_path"),
+    ("dataflow_archive", "unknown key with a suggestion"),
+]
+
+
+@pytest.mark.parametrize(("command", "case"), CLI_CASES)
+def test_cli_reports_a_bad_config_in_one_line_with_exit_2(command, case, tmp_path, dirs):
     template, expected = BAD_CONFIGS[case]
     path = tmp_path / "df_archive.yaml"
     path.write_text(render(template, tmp_path, dirs))

@@ -80,13 +80,16 @@ def stop_gpg_agent(home: GnupgHome) -> None:
     )
 
 
-def make_archived_run(base: Path, home: GnupgHome, *, run_id: str = RUN_ID) -> ArchivedRun:
+def make_archived_run(
+    base: Path, home: GnupgHome, *, run_id: str = RUN_ID, engine: str = "inprocess"
+) -> ArchivedRun:
     """Build a small realistic run folder under ``base`` and archive it for real."""
     source = build_run_folder(base / "runs", run_id, small_files=40, big_files=1, big_size=1 << 20)
     settings = ArchiveSettings(
         destination_path=base / "archives",
         keys_path=base / "keys",
         gnupg_home=Path(home.home),
+        engine=engine,
     )
     settings.destination_path.mkdir()
     settings.keys_path.mkdir(mode=0o700)
@@ -140,13 +143,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 # -- fixtures ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
-    """One real archive shared by this module's tests (they never modify it)."""
+@pytest.fixture(scope="module", params=["inprocess", "gpg"])
+def archived(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
+    """One real archive per engine, shared by this module's tests (they never modify it)."""
     base = tmp_path_factory.mktemp("restore")
     home = make_gnupg_home(base)
     try:
-        yield make_archived_run(base, home)
+        yield make_archived_run(base, home, engine=request.param)
     finally:
         stop_gpg_agent(home)
 
