@@ -94,7 +94,10 @@ def make_archived_run(
     settings.destination_path.mkdir()
     settings.keys_path.mkdir(mode=0o700)
     recipient = keys.resolve_recipient(home.fingerprint, gnupg_home=home.home)
-    record = archive_run(run_id, source.path, settings, recipient)
+    with pytest.MonkeyPatch.context() as patch:
+        # the gpg engine's child runs in the environment's keyring: keep it off ~/.gnupg
+        patch.setenv("GNUPGHOME", home.home)
+        record = archive_run(run_id, source.path, settings, recipient)
     return ArchivedRun(run_id, source.path, record, home, settings)
 
 

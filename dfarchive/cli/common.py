@@ -44,7 +44,9 @@ def run_main(program: str, main: Callable[[], int]) -> None:
     try:
         code = main()
     except DfArchiveError as error:
-        print(f"{program}: error: {redact(str(error))}", file=sys.stderr)
+        # one line, even when the error quotes a tool's multi-line stderr
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"{program}: error: {redact(message)}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
