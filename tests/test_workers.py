@@ -4,7 +4,9 @@ exactly once, whatever happens to the workers."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from tests.amqp import message_count
@@ -56,9 +59,28 @@ class Deployment:
         self.store.setup()
         self.processes: list[subprocess.Popen] = []
 
+    def slow_tar(self, seconds_per_mib: float = 1.0) -> None:
+        """Make the workers' tar pause at checkpoints (real tar, just slower), so a run
+        stays in flight long enough for broker and store faults to hit it."""
+        bin_dir = self.tmp / "slowbin"
+        bin_dir.mkdir(exist_ok=True)
+        wrapper = bin_dir / "tar"
+        records = max(1, round(104.8576 / seconds_per_mib))  # 10 KiB records per pause
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"exec {shutil.which('tar')} --checkpoint={records} "
+            '--checkpoint-action=sleep=1 "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        self.extra_path = f"{bin_dir}:"
+
+    extra_path = ""
+
     def env(self, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
+            "PATH": self.extra_path + os.environ["PATH"],
+            "PYTHONUNBUFFERED": "1",  # logs reach the files while the processes run
             "ARCHIVE_CONFIG": str(self.config),
             "GNUPGHOME": self.gnupg_home.home,
             "DFARCHIVE_QUEUE": self.queue,
@@ -105,6 +127,19 @@ class Deployment:
         )
         self.processes.append(proc)
         return proc
+
+    def restore(self, run_id: str) -> Path:
+        """``dfarchive restore`` the run into a fresh folder; return the restored run."""
+        into = self.tmp / "restored"
+        into.mkdir(exist_ok=True)
+        subprocess.run(
+            [str(BIN / "dfarchive"), "restore", "-c", str(self.config), run_id, "--to", str(into)],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return into / run_id
 
     def docs(self) -> dict[str, dict]:
         return {doc["_id"]: doc for doc in self.store.runs()}
@@ -193,6 +228,10 @@ def test_two_hosts_archive_twelve_runs_exactly_once(deployment):
     ]
     assert d.partials() == []
     assert message_count(d.amqp_url, d.queue + ".XQ") == 0
+    for run_id in docs:
+        restored = d.restore(run_id)
+        assert (restored / "RunInfo.xml").read_text() == f"<RunInfo id='{run_id}'/>"
+        assert (restored / "big.cbcl").stat().st_size == (int(run_id[-2:]) + 1) << 20
 
 
 def test_killed_worker_run_is_reclaimed_and_archived_by_the_other(deployment):
@@ -262,3 +301,131 @@ def test_sigterm_with_short_shutdown_timeout_releases_the_run(deployment):
     assert docs["run_big"]["attempts"][-1]["outcome"] == "released"
     assert d.partials() == []
     assert message_count(d.amqp_url, d.queue + ".XQ") == 0
+
+
+def exactly_once(doc: dict) -> bool:
+    return doc["failure_count"] == 0 and [a["outcome"] for a in doc["attempts"]] == ["encrypted"]
+
+
+def in_flight(count: int):
+    return lambda docs: sum(d["status"] == "processing" for d in docs.values()) >= count
+
+
+@pytest.fixture
+def short_consumer_timeout(amqp_url) -> Iterator[None]:
+    """RabbitMQ's consumer_timeout at 5 s for this test, checked every second (channels
+    check it on their tick, 60 s apart by default), restored afterwards."""
+
+    def rabbit_env(expression: str) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "eval", expression], check=True, capture_output=True, timeout=60
+        )
+
+    def set_timeout(value: str) -> None:
+        rabbit_env(f"application:set_env(rabbit, consumer_timeout, {value}).")
+
+    before = subprocess.run(
+        ["rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    set_timeout("5000")
+    rabbit_env("application:set_env(rabbit, channel_tick_interval, 1000).")
+    try:
+        yield
+    finally:
+        set_timeout(before.removeprefix("{ok,").removesuffix("}") if "ok" in before else "1800000")
+        rabbit_env("application:set_env(rabbit, channel_tick_interval, 60000).")  # default
+
+
+def test_a_run_outlasting_consumer_timeout_is_archived_exactly_once(
+    deployment, short_consumer_timeout
+):
+    d = deployment()
+    d.slow_tar(seconds_per_mib=2.0)
+    d.run_folder("run_slow", size=8 << 20)  # ~16 s of tar: three times the consumer timeout
+    d.worker("hostA", threads=1)
+    d.worker("hostB", threads=1)
+    d.scheduler()
+    docs = d.wait_for(all_encrypted(1), "run_slow encrypted", timeout=240)
+    assert exactly_once(docs["run_slow"])
+    assert [p.name for p in (d.tmp / "archives").iterdir()] == ["run_slow.tar.gpg"]
+    logs = "".join(p.read_text() for p in d.tmp.glob("worker-*.log"))
+    assert "[run_slow] not claimable" in logs  # the redelivery happened, and was harmless
+
+
+def test_broker_connections_closed_mid_run(deployment):
+    d = deployment()
+    d.slow_tar(seconds_per_mib=1.0)
+    for n in range(3):
+        d.run_folder(f"run_{n}", size=8 << 20)
+    d.scheduler()
+    d.worker("hostA", threads=2)
+    d.wait_for(in_flight(2), "two runs in flight")
+    subprocess.run(
+        ["rabbitmqctl", "close_all_connections", "dfarchive test: broker hiccup"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    docs = d.wait_for(all_encrypted(3), "all runs encrypted after the hiccup", timeout=240)
+    for doc in docs.values():
+        assert exactly_once(doc), doc
+    assert message_count(d.amqp_url, d.queue + ".XQ") == 0
+    assert d.partials() == []
+
+
+def test_store_server_restarted_mid_run(
+    tmp_path, ondisk_couchdb_server, amqp_url, queue_name, gnupg_home
+):
+    d = Deployment(
+        tmp_path,
+        ondisk_couchdb_server,
+        "runs_ondisk",
+        amqp_url,
+        queue_name,
+        gnupg_home,
+        lease_seconds=30,  # heartbeats every 10 s: the one at 10 s falls in the outage
+    )
+    try:
+        d.slow_tar(seconds_per_mib=1.0)
+        for n in range(2):
+            d.run_folder(f"run_{n}", size=25 << 20)  # ~25 s of tar
+        d.scheduler()
+        d.worker("hostA", threads=2)
+        d.wait_for(in_flight(2), "two runs in flight")
+        ondisk_couchdb_server.stop(kill=True)  # a crash: no graceful connection draining
+        time.sleep(16)  # the outage itself: the heartbeat due at 10 s and its retries fail
+        ondisk_couchdb_server.start()
+        docs = d.wait_for(all_encrypted(2), "runs encrypted after the restart", timeout=240)
+        for doc in docs.values():
+            assert exactly_once(doc), doc
+        assert d.partials() == []
+        assert "scheduling pass failed" in (tmp_path / "scheduler.log").read_text()
+        assert "heartbeat failed" in (tmp_path / "worker-hostA.log").read_text()
+    finally:
+        d.stop_all()
+
+
+def test_queue_depth_shows_the_backlog_as_ready(deployment):
+    d = deployment()
+    d.slow_tar(seconds_per_mib=1.0)
+    for n in range(5):
+        d.run_folder(f"run_{n}", size=30 << 20)
+    d.scheduler()
+    d.worker("hostA", threads=1)
+    d.wait_for(in_flight(1), "one run in flight")
+    deadline = time.monotonic() + 60
+    while True:
+        queue = requests.get(
+            f"http://127.0.0.1:15672/api/queues/%2F/{d.queue}",
+            auth=("guest", "guest"),
+            timeout=10,
+        ).json()
+        ready, unacked = queue.get("messages_ready"), queue.get("messages_unacknowledged")
+        if (ready, unacked) == (4, 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # the management API refreshes its counters every few seconds
+    assert (ready, unacked) == (4, 1), json.dumps(queue)[:500]

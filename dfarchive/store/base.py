@@ -48,6 +48,7 @@ class Claim:
     run_id: str
     worker_id: str
     token: str
+    path: object = None  # the document's ``path`` as stored (validated by the pipeline)
 
 
 class RunStore(ABC):
@@ -84,6 +85,18 @@ class RunStore(ABC):
     @abstractmethod
     def runs(self, status: str | None = None) -> list[RunDocument]:
         """All run documents, or those with the given status, ordered by id."""
+
+    def get_many(self, run_ids: Iterable[str]) -> dict[str, RunDocument]:
+        """The stored documents of those of ``run_ids`` that exist, by id.
+
+        Backends may override this with one request whatever the number of ids.
+        """
+        found = {}
+        for run_id in run_ids:
+            doc = self.get(run_id)
+            if doc is not None:
+                found[run_id] = doc
+        return found
 
     @abstractmethod
     def _replace(self, doc: RunDocument) -> RunDocument | None:
@@ -129,7 +142,7 @@ class RunStore(ABC):
         """
         token = uuid.uuid4().hex
         try:
-            self._update(
+            doc = self._update(
                 run_id,
                 lambda doc: runstate.claim(
                     doc,
@@ -141,7 +154,7 @@ class RunStore(ABC):
             )
         except NotClaimable:
             return None
-        return Claim(run_id=run_id, worker_id=worker_id, token=token)
+        return Claim(run_id=run_id, worker_id=worker_id, token=token, path=doc.get("path"))
 
     def heartbeat(self, claim: Claim, progress: Mapping[str, Any] | None = None) -> bool:
         """Extend the lease (and record progress). False if the run is no longer ours."""
