@@ -10,6 +10,9 @@ The actor is built for hours-long work: no time limit to speak of, no Dramatiq
 retries (the store's ``failure_count`` is the retry policy, so a handled failure never
 reaches the dead-letter queue), and ``notify_shutdown`` so a worker that is told to
 stop releases its run instead of abandoning it.
+
+With ``metrics_port`` set, Dramatiq's Prometheus middleware and dfarchive's
+per-process metrics are served on that port (:mod:`dfarchive.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import os
 import dramatiq
 from dramatiq.middleware import Middleware, Shutdown
 
-from .attempt import attempt_run
+from .attempt import AttemptObserver, attempt_run
 from .config import config_path, load_config
 from .errors import DfArchiveError
 from .logs import setup_logging
 from .messaging import ACTOR_NAME, QUEUE_NAME, broker_url, make_broker
+from .metrics import ArchiveMetrics
 from .startup import Runtime, StartupError, prepare
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,13 @@ if _url is None:
 broker = make_broker(_url)
 dramatiq.set_broker(broker)
 
+if _config.metrics_port is not None:
+    from .worker_metrics import WorkerPrometheus
+
+    broker.add_middleware(WorkerPrometheus())
+
 _runtime: Runtime | None = None
+_observers: list[AttemptObserver] = []
 
 
 class WorkerStartupChecks(Middleware):
@@ -59,6 +69,8 @@ class WorkerStartupChecks(Middleware):
         except DfArchiveError as error:
             log.critical("worker cannot start: %s", error)
             raise
+        if _config.metrics_port is not None:  # made after process boot: multiprocess mode
+            _observers.append(ArchiveMetrics())
         if os.environ.get(WORKER_ID_ENV):
             _runtime.worker_id = f"{os.environ[WORKER_ID_ENV]}:{os.getpid()}"
         log.info("worker %s ready (recipient %s)", _runtime.worker_id, _runtime.recipient)
@@ -88,10 +100,16 @@ def archive_run(run_id: str) -> None:
             worker_id=_runtime.worker_id,
             settings=_runtime.settings,
             recipient=_runtime.recipient,  # type: ignore[arg-type]
+            observers=_observers,
         )
     except Shutdown:
         # attempt_run already stopped the children, removed partial files and released
         # the run; returning (not raising) keeps the message out of the dead letters.
         log.warning("[%s] worker shutting down; run released", run_id)
+        return
+    except DfArchiveError as error:
+        # e.g. the store stayed unreachable past every retry. The message is only a
+        # hint: the scheduler re-sends it, and an expired lease is reclaimed.
+        log.error("[%s] attempt abandoned: %s", run_id, error)
         return
     log.info("[%s] attempt ended: %s", run_id, outcome.value)

@@ -8,25 +8,39 @@ both follow the same rules:
 * a cancellation (shutdown) puts the run back to pending uncounted (``release``);
 * a lost claim (our lease was reclaimed) leaves the document to its new holder;
 * the store being unreachable is retried with backoff and never counted.
+
+Observers (:class:`AttemptObserver`) watch attempts without taking part: the terminal
+progress view and the metrics are two. Their hooks must be quick; an observer that
+raises is logged and ignored, never fails a run.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from .errors import Cancelled, ClaimLost, DfArchiveError, StoreUnavailable, UnknownRun
+from .errors import (
+    Cancelled,
+    ClaimLost,
+    DfArchiveError,
+    OutOfSpace,
+    StoreUnavailable,
+    UnknownRun,
+)
 from .keys import Recipient
 from .lease import LeaseKeeper
-from .pipeline import ArchiveSettings, archive_run
+from .pipeline import ArchiveSettings, archive_run, run_folder_path
 from .store.base import Claim, RunStore
 
 log = logging.getLogger(__name__)
+
+#: A write that fails with these means the destination is full, not the run is bad.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 T = TypeVar("T")
 
@@ -39,8 +53,27 @@ class Outcome(enum.Enum):
     ENCRYPTED = "encrypted"
     FAILED = "failed"  # counted: back to pending, or failed for good
     RELEASED = "released"  # cancelled: back to pending, uncounted
+    DEFERRED = "deferred"  # no room at the destination: back to pending, uncounted
     LOST = "lost"  # our claim was taken over; nothing written
     SKIPPED = "skipped"  # not claimable (another worker, done, failed, unknown)
+
+
+class AttemptObserver:
+    """No-op hooks called while runs are archived; subclasses override what they need."""
+
+    def progress(self, run_id: str, done: int, total: int) -> None:
+        """Plaintext bytes done of an estimated total, about once a second."""
+
+    def ended(self, run_id: str, outcome: Outcome, record: Mapping[str, Any] | None) -> None:
+        """A claimed run's attempt is over; ``record`` is its archive record if ENCRYPTED."""
+
+
+def _notify(observers: Sequence[AttemptObserver], hook: Callable[[AttemptObserver], None]) -> None:
+    for observer in observers:
+        try:
+            hook(observer)
+        except Exception:
+            log.exception("observer %r failed; ignored", observer)
 
 
 def with_store_retries(
@@ -74,12 +107,13 @@ def attempt_run(
     settings: ArchiveSettings,
     recipient: Recipient,
     cancel: threading.Event | None = None,
+    observers: Sequence[AttemptObserver] = (),
 ) -> Outcome:
     """Claim ``run_id`` and archive it. Never raises for a run-level problem.
 
     ``cancel`` (one event per run) stops the work and releases the run uncounted.
     A BaseException from outside (Dramatiq's Shutdown, KeyboardInterrupt) also
-    releases the run, then propagates.
+    releases the run, then propagates. ``observers`` see its progress and its end.
     """
     cancel = cancel or threading.Event()
     try:
@@ -92,54 +126,79 @@ def attempt_run(
     if claim is None:
         log.info("[%s] not claimable (held elsewhere, done or failed); skipping", run_id)
         return Outcome.SKIPPED
-    doc = store.get(run_id) or {}
     log.info("[%s] claimed by %s", run_id, worker_id)
-    return _archive_claimed(store, claim, Path(doc["path"]), settings, recipient, cancel)
+    outcome, record = _archive_claimed(
+        store, claim, claim.path, settings, recipient, cancel, observers
+    )
+    _notify(observers, lambda observer: observer.ended(run_id, outcome, record))
+    return outcome
 
 
 def _archive_claimed(
     store: RunStore,
     claim: Claim,
-    run_path: Path,
+    run_path: object,  # as stored: checked by run_folder_path, a counted failure if unusable
     settings: ArchiveSettings,
     recipient: Recipient,
     cancel: threading.Event,
-) -> Outcome:
+    observers: Sequence[AttemptObserver],
+) -> tuple[Outcome, dict[str, Any] | None]:
     run_id = claim.run_id
     lease = LeaseKeeper(store, claim, cancel)
+
+    def progress(done: int, total: int) -> None:
+        lease.update_progress(done, total)
+        _notify(observers, lambda observer: observer.progress(run_id, done, total))
+
     try:
         with lease:
             record = archive_run(
                 run_id,
-                run_path,
+                run_folder_path(run_path),
                 settings,
                 recipient,
-                progress=lease.update_progress,
+                progress=progress,
                 cancel=cancel,
                 before_publish=lease.confirm,
             )
     except (Cancelled, ClaimLost) as error:
         if lease.lost:
-            return Outcome.LOST
+            return Outcome.LOST, None
         reason = f"cancelled: {error}"
         _end(store, claim, lambda: store.release(claim, reason))
         log.info("[%s] cancelled; released back to pending", run_id)
-        return Outcome.RELEASED
-    except (DfArchiveError, OSError) as error:
+        return Outcome.RELEASED, None
+    except (OutOfSpace, OSError) as error:
         if lease.lost:
-            return Outcome.LOST
+            return Outcome.LOST, None
+        if not (isinstance(error, OutOfSpace) or error.errno in NO_SPACE_ERRNOS):
+            return _failed(store, claim, error)
         message = f"{type(error).__name__}: {error}"
-        doc = _end(store, claim, lambda: store.fail(claim, message))
-        status = doc["status"] if doc else "unknown"
-        log.error("[%s] attempt failed (%s; run now %s)", run_id, message, status)
-        return Outcome.FAILED
+        _end(store, claim, lambda: store.release(claim, message, error=True))
+        log.error("[%s] no space to archive, will retry later: %s", run_id, message)
+        return Outcome.DEFERRED, None
+    except DfArchiveError as error:
+        if lease.lost:
+            return Outcome.LOST, None
+        return _failed(store, claim, error)
     except BaseException:
         if not lease.lost:
             _end(store, claim, lambda: store.release(claim, "worker interrupted"))
             log.warning("[%s] interrupted; released back to pending", run_id)
         raise
     doc = _end(store, claim, lambda: store.finish(claim, record))
-    return Outcome.ENCRYPTED if doc else Outcome.LOST
+    return (Outcome.ENCRYPTED, record) if doc else (Outcome.LOST, None)
+
+
+def _failed(
+    store: RunStore, claim: Claim, error: BaseException
+) -> tuple[Outcome, dict[str, Any] | None]:
+    """Count a failure of the attempt (back to pending, or failed at max_attempts)."""
+    message = f"{type(error).__name__}: {error}"
+    doc = _end(store, claim, lambda: store.fail(claim, message))
+    status = doc["status"] if doc else "unknown"
+    log.error("[%s] attempt failed (%s; run now %s)", claim.run_id, message, status)
+    return Outcome.FAILED, None
 
 
 def _end(store: RunStore, claim: Claim, transition: Callable[[], dict]) -> dict | None:

@@ -89,6 +89,11 @@ class PreflightError(ArchiveError):
     """The run cannot be archived as things stand (missing folder, no space, ...)."""
 
 
+class OutOfSpace(ArchiveError):
+    """The destination has no room for the run. Not the run's fault: it goes back to
+    pending uncounted and is tried again later."""
+
+
 class ToolError(ArchiveError):
     """tar or gpg exited with an error or warning."""
 

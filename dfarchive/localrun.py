@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import runstate
-from .attempt import Outcome, attempt_run
+from .attempt import AttemptObserver, Outcome, attempt_run
 from .errors import StoreUnavailable
 from .scheduler import schedule_pass
 from .startup import Runtime
@@ -34,15 +36,19 @@ class _Active:
 
 
 class LocalArchiver:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, observers: Sequence[AttemptObserver] = ()) -> None:
         self.runtime = runtime
         self.config = runtime.config
+        self.observers = tuple(observers)
         self.active: dict[str, _Active] = {}
         self.outcomes: dict[str, Outcome] = {}
+        self._deferred_until: dict[str, float] = {}  # no space: wait a scan interval
         self.stopping = threading.Event()
         self.immediate = threading.Event()
         self._wakeup = threading.Event()
-        self._lock = threading.Lock()
+        # Re-entrant: a run that ends before add_done_callback() is reached (a skipped
+        # claim takes milliseconds) has _done() called at once, inside _pass()'s lock.
+        self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.concurrency, thread_name_prefix="archive"
         )
@@ -100,6 +106,8 @@ class LocalArchiver:
                     return
                 if run_id in self.active or (once and run_id in self.outcomes):
                     continue
+                if self._deferred_until.get(run_id, 0.0) > time.monotonic():
+                    continue
                 self._start(run_id)
 
     def _start(self, run_id: str) -> None:
@@ -114,6 +122,7 @@ class LocalArchiver:
             settings=self.runtime.settings,
             recipient=self.runtime.recipient,  # type: ignore[arg-type]
             cancel=cancel,
+            observers=self.observers,
         )
         self.active[run_id] = _Active(future, cancel)
         future.add_done_callback(lambda f, run_id=run_id: self._done(run_id, f))
@@ -126,6 +135,8 @@ class LocalArchiver:
             if error:
                 log.error("[%s] attempt crashed: %r", run_id, error)
             self.outcomes[run_id] = outcome
+            if outcome is Outcome.DEFERRED:
+                self._deferred_until[run_id] = time.monotonic() + self.config.scan_interval
         self._wakeup.set()
 
     def _drain(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Config
 from .engines import get_engine
-from .errors import Cancelled, PreflightError
+from .errors import Cancelled, OutOfSpace, PreflightError, ToolError
 from .keys import Recipient, new_run_key, wrap_key
 from .publish import PartialFile, fsync_directory
 from .validate import validate_archive
@@ -45,6 +45,9 @@ TAR_ENTRY_OVERHEAD = 1024
 PROGRESS_INTERVAL = 1.0
 
 Progress = Callable[[int, int], None]
+#: A directory's identity and listing state: (inode, mtime_ns, ctime_ns). Adding,
+#: removing or renaming an entry changes its mtime and ctime.
+DirectoryStamps = dict[bytes, tuple[int, int, int]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +85,12 @@ def key_path(settings: ArchiveSettings, run_id: str) -> Path:
     return settings.keys_path / f"{run_id}{KEY_SUFFIX}"
 
 
-def estimate_tar_size(run_path: Path) -> int:
+def estimate_tar_size(run_path: Path, stamps: DirectoryStamps | None = None) -> int:
     """Bytes tar will roughly produce (file sizes + per-entry overhead).
 
-    Exclusions are not applied: an upper bound is what the space check wants.
+    Exclusions are not applied: an upper bound is what the space check wants. With
+    ``stamps``, the walk also records every directory's stamps, keyed by its tar member
+    name (see :func:`check_unchanged`).
     Raises PreflightError if the folder can't be walked.
     """
     total = 0
@@ -94,6 +99,8 @@ def estimate_tar_size(run_path: Path) -> int:
         raise PreflightError(f"cannot read run folder {run_path}: {error}")
 
     for directory, dirnames, filenames in os.walk(run_path, onerror=fail):
+        if stamps is not None:
+            _stamp(run_path, directory, stamps)
         total += TAR_ENTRY_OVERHEAD * (1 + len(dirnames))
         for name in filenames:
             try:
@@ -104,11 +111,75 @@ def estimate_tar_size(run_path: Path) -> int:
     return total
 
 
-def preflight(run_path: Path, settings: ArchiveSettings) -> int:
+def _stamp(run_path: Path, directory: str, stamps: DirectoryStamps) -> None:
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return  # vanished: its absence is the change
+    name = os.path.relpath(directory, run_path.parent)
+    stamps[os.fsencode(name)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def directory_stamps(run_path: Path) -> DirectoryStamps:
+    """The stamps of every directory in the run folder now (links not followed)."""
+    stamps: DirectoryStamps = {}
+    for directory, _, _ in os.walk(run_path):
+        _stamp(run_path, directory, stamps)
+    return stamps
+
+
+def check_unchanged(run_path: Path, before: DirectoryStamps, archived: frozenset[bytes]) -> None:
+    """Raise unless every directory the archive holds is as it was before tar started.
+
+    tar notices a file that changes while it reads it, and a directory that changes
+    while it is inside it, but not an entry added to (or removed from) a directory it
+    has already left: the archive would silently miss it. Directories tar did not
+    archive (``tar_exclusions``) may change freely.
+
+    Raises: ToolError naming the first changed directory.
+    """
+    after = directory_stamps(run_path)
+    for name in sorted(archived):
+        if before.get(name) != after.get(name):
+            if name not in before:
+                what = "appeared"
+            elif name not in after:
+                what = "disappeared"
+            else:
+                what = "had entries added, removed or renamed"
+            raise ToolError(
+                f"run folder {run_path} changed while it was archived: directory "
+                f"{os.fsdecode(name)!r} {what}; not archived (retried later)"
+            )
+
+
+def run_folder_path(stored: object) -> Path:
+    """The run folder a run document's ``path`` names, if it can be one.
+
+    Raises: PreflightError for a hand-edited or foreign ``path`` that is missing, not a
+    string, not absolute, or holds a NUL byte (never archive relative to the cwd).
+    """
+    if not isinstance(stored, str) or not stored:
+        raise PreflightError(f"the run document has no usable 'path' (found {stored!r})")
+    if not os.path.isabs(stored) or "\0" in stored:
+        raise PreflightError(f"the run document's path {stored!r} is not an absolute path")
+    return Path(stored)
+
+
+def preflight(
+    run_path: Path, settings: ArchiveSettings, stamps: DirectoryStamps | None = None
+) -> int:
     """Check that the run can be archived now; return the estimated tar size.
+
+    ``stamps``, if given, receives the directories' stamps (see :func:`check_unchanged`).
 
     Raises: PreflightError naming the folder or path at fault.
     """
+    if run_path.is_symlink():  # tar would archive the link alone, not the folder
+        raise PreflightError(
+            f"run folder {run_path} is now a symbolic link (to {os.readlink(run_path)!r}); "
+            "only real directories are archived"
+        )
     if not run_path.is_dir():
         raise PreflightError(f"run folder {run_path} does not exist (moved or deleted?)")
     if not os.path.lexists(run_path / settings.sentinel):
@@ -118,10 +189,10 @@ def preflight(run_path: Path, settings: ArchiveSettings) -> int:
             raise PreflightError(f"output directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PreflightError(f"output directory {directory} is not writable")
-    estimate = estimate_tar_size(run_path)
+    estimate = estimate_tar_size(run_path, stamps)
     free = shutil.disk_usage(settings.destination_path).free
     if free < estimate + FREE_SPACE_MARGIN:
-        raise PreflightError(
+        raise OutOfSpace(
             f"not enough space in {settings.destination_path} for {run_path.name}: "
             f"{free / 2**30:.1f} GiB free, need about "
             f"{(estimate + FREE_SPACE_MARGIN) / 2**30:.1f} GiB"
@@ -166,7 +237,8 @@ def archive_run(
     partial file), Cancelled.
     """
     started = time.monotonic()
-    estimate = preflight(run_path, settings)
+    stamps: DirectoryStamps = {}
+    estimate = preflight(run_path, settings, stamps)
     log.info("[%s] archiving %s (about %.1f GiB)", run_id, run_path, estimate / 2**30)
     engine = get_engine(settings.engine)
     passphrase = new_run_key()
@@ -181,6 +253,7 @@ def archive_run(
             progress=_Throttled(progress, estimate),
             cancel=cancel,
         )
+        check_unchanged(run_path, stamps, result.directories)
         archive.sync()
         _check(cancel)
         log.info(

@@ -69,7 +69,7 @@ def failure_count(doc: Mapping[str, Any]) -> int:
     value = doc.get("failure_count", 0)
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity (SQLite JSON)
         return 0
 
 
@@ -226,8 +226,11 @@ def _count_failure(
     )
 
 
-def release(doc: Mapping[str, Any], *, token: str, now: datetime, reason: str) -> RunDocument:
-    """processing → pending without counting a failure (shutdown, cancellation)."""
+def release(
+    doc: Mapping[str, Any], *, token: str, now: datetime, reason: str, error: bool = False
+) -> RunDocument:
+    """processing → pending without counting a failure (shutdown, cancellation, no
+    space). With ``error`` the reason is also the run's ``last_error``."""
     if _ended_by(doc, token, PENDING):
         return doc  # type: ignore[return-value]
     _require_claim(doc, token)
@@ -238,7 +241,8 @@ def release(doc: Mapping[str, Any], *, token: str, now: datetime, reason: str) -
         "outcome": "released",
         "error": reason[:ERROR_CHARS],
     }
-    return _end_claim(doc, now, status=PENDING, attempts=_with_attempt(doc, attempt))
+    changes = {"last_error": reason[:ERROR_CHARS]} if error else {}
+    return _end_claim(doc, now, status=PENDING, attempts=_with_attempt(doc, attempt), **changes)
 
 
 def reclaim_expired(doc: Mapping[str, Any], *, now: datetime, max_attempts: int) -> RunDocument:

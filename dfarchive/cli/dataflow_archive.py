@@ -6,22 +6,33 @@ schedules, and ``dramatiq dfarchive.actors`` workers do the archiving.
 Signals, as the original tool: the first Ctrl+C or SIGTERM finishes the runs in
 progress and exits 0; a second Ctrl+C stops them at once (partial files removed,
 runs back to pending uncounted) and exits 130.
+
+In a terminal, a live progress line per active run sits below the log lines
+(:mod:`dfarchive.progress_view`); with ``metrics_port`` set, Prometheus metrics are
+served (:mod:`dfarchive.metrics`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 
 from .. import __version__
+from ..attempt import AttemptObserver
+from ..config import Config
 from ..localrun import LocalArchiver
 from ..messaging import broker_url
+from ..metrics import scheduler_metrics, serve_metrics
+from ..progress_view import TerminalProgress, wants_progress
 from ..scheduler import run_scheduler
-from ..startup import prepare
+from ..startup import Runtime, prepare
+from ..store import RunStore
 from .common import (
     EXIT_CHECK_FAILED,
     EXIT_INTERRUPTED,
@@ -73,13 +84,38 @@ def main() -> None:
 def _main() -> int:
     args = parser().parse_args()
     config = load(args)
-    if broker_url(config.broker_url):
-        stop = threading.Event()
-        install_signal_handlers(stop.set, stop.set)
-        return run_scheduler(config, once=args.once, stop=stop)
+    with contextlib.ExitStack() as cleanup:
+        if broker_url(config.broker_url):
+            stop = threading.Event()
+            install_signal_handlers(stop.set, stop.set)
+            cleanup.enter_context(scheduler_metrics(config))
+            return run_scheduler(config, once=args.once, stop=stop)
 
-    runtime = prepare(config)
-    archiver = LocalArchiver(runtime)
+        runtime = prepare(config)
+        cleanup.enter_context(runtime.store)
+        observers = _start_metrics(config, runtime.store, cleanup)
+        if wants_progress(sys.stderr):
+            view = TerminalProgress(sys.stderr)
+            view.attach()
+            cleanup.callback(view.close)
+            observers.append(view)
+        return _archive_here(runtime, observers, once=args.once)
+
+
+def _start_metrics(
+    config: Config, store: RunStore, cleanup: contextlib.ExitStack
+) -> list[AttemptObserver]:
+    """Serve ``/metrics`` if ``metrics_port`` is set; return the observers feeding it."""
+    metrics = serve_metrics(config, store)
+    if metrics is None:
+        return []
+    cleanup.callback(metrics.close)
+    return [metrics.archive]
+
+
+def _archive_here(runtime: Runtime, observers: list[AttemptObserver], *, once: bool) -> int:
+    """Scan, claim and archive on this host until stopped (or one pass with ``once``)."""
+    archiver = LocalArchiver(runtime, observers=observers)
 
     def graceful() -> None:
         log.warning("stopping: finishing runs in progress (Ctrl+C again to stop now)")
@@ -90,12 +126,9 @@ def _main() -> int:
         archiver.stop_now()
 
     install_signal_handlers(graceful, immediate)
-    try:
-        all_encrypted = archiver.run(once=args.once)
-    finally:
-        runtime.store.close()
+    all_encrypted = archiver.run(once=once)
     if archiver.immediate.is_set():
         return EXIT_INTERRUPTED
-    if args.once and not all_encrypted:
+    if once and not all_encrypted:
         return EXIT_CHECK_FAILED
     return EXIT_OK

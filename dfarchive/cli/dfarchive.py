@@ -399,6 +399,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """The scheduling loop; the first SIGINT/SIGTERM stops it after the current pass."""
+    from ..metrics import scheduler_metrics
     from ..scheduler import run_scheduler
 
     config = load(args)
@@ -410,4 +411,5 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, graceful)
     signal.signal(signal.SIGTERM, graceful)
-    return run_scheduler(config, once=args.once, stop=stop)
+    with scheduler_metrics(config):  # /metrics on metrics_port, if set
+        return run_scheduler(config, once=args.once, stop=stop)

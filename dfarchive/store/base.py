@@ -193,11 +193,14 @@ class RunStore(ABC):
             ),
         )
 
-    def release(self, claim: Claim, reason: str) -> RunDocument:
-        """Back to pending, not counted (shutdown, cancellation)."""
+    def release(self, claim: Claim, reason: str, *, error: bool = False) -> RunDocument:
+        """Back to pending, not counted (shutdown, cancellation, no space); with
+        ``error`` the reason is recorded as ``last_error``."""
         return self._update(
             claim.run_id,
-            lambda doc: runstate.release(doc, token=claim.token, now=self.clock(), reason=reason),
+            lambda doc: runstate.release(
+                doc, token=claim.token, now=self.clock(), reason=reason, error=error
+            ),
         )
 
     def reclaim_expired(self) -> list[str]:
