@@ -37,6 +37,17 @@ PIPE_SIZE = 1 << 20
 STDERR_KEEP = 8192
 """Bytes of a child's stderr kept from its start and from its end, for error messages."""
 
+SECRET_ENVIRONMENT = frozenset({"DFARCHIVE_STATUSDB_PASSWORD", "DFARCHIVE_BROKER_URL"})
+"""dfarchive's own secrets in its environment (the status database password, a broker URL
+that may hold credentials): children (tar, gpg, the gpg-agent gpg starts) never get them."""
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment without :data:`SECRET_ENVIRONMENT`, plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENVIRONMENT}
+    env.update(extra or {})
+    return env
+
 
 class StderrTail:
     """Drains a pipe on a daemon thread, keeping its first and last ``STDERR_KEEP`` bytes.
@@ -90,7 +101,7 @@ class Child:
         what: how error messages name the child (e.g. ``"tar of run X"``).
         stdin, stdout: as for :class:`subprocess.Popen` (``PIPE``, a fd, or None).
         pass_fds: file descriptors the child inherits.
-        env: the child's environment (default: ours).
+        env: the child's environment (default: ours without :data:`SECRET_ENVIRONMENT`).
 
     Raises:
         ToolError: the program could not be started.
@@ -114,7 +125,7 @@ class Child:
                 stdout=stdout,
                 stderr=subprocess.PIPE,
                 pass_fds=tuple(pass_fds),
-                env=None if env is None else dict(env),
+                env=child_environment() if env is None else dict(env),
                 start_new_session=True,
                 bufsize=0,
             )

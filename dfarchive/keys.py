@@ -13,7 +13,6 @@ Keys go to gpg on stdin and come back on stdout: never argv, files or logs.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import subprocess
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dfarchive.childproc import child_environment
 from dfarchive.errors import RecipientError, ToolError
 from dfarchive.gpgcli import BATCH, GPG, OUTPUT_STDOUT, status_keywords
 
@@ -229,10 +229,8 @@ def _run_gpg(
     return result
 
 
-def _environment(gnupg_home: str | None) -> Mapping[str, str] | None:
-    if gnupg_home is None:
-        return None
-    return {**os.environ, "GNUPGHOME": str(gnupg_home)}
+def _environment(gnupg_home: str | None) -> Mapping[str, str]:
+    return child_environment(None if gnupg_home is None else {"GNUPGHOME": str(gnupg_home)})
 
 
 def _messages(stderr: str) -> str:

@@ -34,10 +34,17 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
     """Log to stderr and, if given, to ``log_file`` (appending)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        # Names from the file system may not be UTF-8 (surrogate escapes): escape them
+        # instead of losing the record to a "Logging error".
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace"))
     for handler in handlers:
         handler.addFilter(RedactingFilter())
         handler.setFormatter(logging.Formatter(FORMAT))
     logging.basicConfig(level=level, handlers=handlers, force=True)
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt as several errors with a traceback;
+    # dfarchive and dramatiq report the failure themselves, in one line.
+    pika_level = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.CRITICAL
+    logging.getLogger("pika").setLevel(pika_level)
+    # urllib3 logs each retry of an unreachable server as a warning; the store's own
+    # error (one line, after the retries) says it better.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

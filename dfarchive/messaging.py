@@ -9,6 +9,7 @@ message directly (it needs no actor code); workers declare the actor in
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -48,6 +49,20 @@ def make_broker(url: str) -> RabbitmqBroker:
     broker.add_middleware(OnePrefetchPerThread())
     broker.declare_queue(QUEUE_NAME)
     return broker
+
+
+def check_broker(broker: RabbitmqBroker, url: str) -> None:
+    """Connect now and declare dfarchive's queue, so an unreachable broker is a
+    start-up error rather than a failure at the first run to enqueue.
+
+    Raises: BrokerError (one line; the URL's credentials are not in it).
+    """
+    parts = urlsplit(url)
+    try:
+        broker.declare_queue(QUEUE_NAME, ensure=True)
+    except dramatiq.errors.ConnectionError as error:
+        where = f"{parts.hostname}:{parts.port or 5672}"
+        raise BrokerError(f"cannot connect to RabbitMQ at {where} ({error})") from None
 
 
 def archive_message(run_id: str) -> dramatiq.Message:

@@ -41,17 +41,31 @@ def run_id_problem(name: str) -> str | None:
     return None
 
 
-def _subdirectories(path: str, ignore: frozenset[str]) -> Iterable[os.DirEntry[str]]:
+def _subdirectories(
+    path: str, ignore: frozenset[str], *, links: bool = False
+) -> Iterable[os.DirEntry[str]]:
+    """Directories in ``path`` by name; with ``links``, symbolic links to them too."""
     try:
         with os.scandir(path) as entries:
             found = [
                 entry
                 for entry in entries
-                if entry.name not in ignore and entry.is_dir(follow_symlinks=False)
+                if entry.name not in ignore
+                and (
+                    entry.is_dir(follow_symlinks=False)
+                    or (links and entry.is_symlink() and entry.is_dir())
+                )
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(found, key=lambda entry: entry.name)
+
+
+def _link_target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as error:  # changed since it was listed
+        return f"? ({error.strerror})"
 
 
 def scan_runs(sequencing_path: Path, *, sentinel: str, ignore: Iterable[str] = ()) -> ScanResult:
@@ -59,7 +73,10 @@ def scan_runs(sequencing_path: Path, *, sentinel: str, ignore: Iterable[str] = (
 
     ``ignore`` names are skipped at both levels (sequencer and run folders). A run name
     seen under two sequencers is registered once (the first sequencer in name order)
-    and the other copy is reported in ``skipped``, never dropped silently.
+    and the other copy is reported in ``skipped``, never dropped silently. A sequencer
+    folder may be a symbolic link (a mounted instrument share) and is followed; a
+    complete run folder reached through a symbolic link is not (tar would archive the
+    link, not the folder): it is reported in ``skipped``.
     Raises OSError only if ``sequencing_path`` itself can't be listed.
     """
     ignored = frozenset(ignore)
@@ -67,11 +84,16 @@ def scan_runs(sequencing_path: Path, *, sentinel: str, ignore: Iterable[str] = (
     seen: dict[str, str] = {}
     with os.scandir(sequencing_path):  # fail loudly if the top level is unreadable
         pass
-    for sequencer in _subdirectories(os.fspath(sequencing_path), ignored):
-        for run in _subdirectories(sequencer.path, ignored):
+    for sequencer in _subdirectories(os.fspath(sequencing_path), ignored, links=True):
+        for run in _subdirectories(sequencer.path, ignored, links=True):
             if not os.path.lexists(os.path.join(run.path, sentinel)):
                 continue
             problem = run_id_problem(run.name)
+            if problem is None and run.is_symlink():
+                problem = (
+                    f"is a symbolic link (to {_link_target(run.path)!r}), not followed; "
+                    "run folders must be real directories"
+                )
             if problem is None and run.name in seen:
                 problem = f"run name already seen at {seen[run.name]}; run ids must be unique"
             if problem is not None:

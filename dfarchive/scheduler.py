@@ -9,14 +9,17 @@ enqueued only by the scheduler whose ``mark_enqueued`` write wins.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import runstate
 from .config import Config
 from .errors import DfArchiveError, StoreUnavailable
 from .scan import scan_runs
-from .store.base import RunStore
+from .store.base import NewRun, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,13 @@ def schedule_pass(
         scanned = None
     if scanned is not None:
         for folder in scanned.skipped:
-            log.error("not registering %s: %s", folder.path, folder.reason)
+            log.error("not registering %r: %s", folder.path, folder.reason)  # %r: one line
         report.found, report.skipped = len(scanned.runs), len(scanned.skipped)
         report.registered = store.register_many(scanned.runs, worker_id=worker_id)
         for run_id in report.registered:
             log.info("[%s] registered as pending", run_id)
+        new = set(report.registered)
+        flag_unarchivable(store, [run for run in scanned.runs if run.run_id not in new])
     report.reclaimed = store.reclaim_expired()
     for run_id in report.reclaimed:
         log.warning("[%s] lease expired; put back to pending", run_id)
@@ -68,11 +73,53 @@ def schedule_pass(
     return report
 
 
+#: Per store, the (run id, path) pairs already found to match their documents: checked
+#: once per process, not on every pass (that would read every known run's document).
+_MATCHED: weakref.WeakKeyDictionary[RunStore, set[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def flag_unarchivable(store: RunStore, runs: list[NewRun]) -> None:
+    """Log (every pass, never silently) complete run folders that will not be archived
+    because the store holds their run id for another folder, or in a state dfarchive
+    does not know (a hand-edited or foreign document)."""
+    matched = _MATCHED.setdefault(store, set())
+    todo = [run for run in runs if (run.run_id, run.path) not in matched]
+    stored = store.get_many(run.run_id for run in todo) if todo else {}
+    for run in todo:
+        doc = stored.get(run.run_id)
+        if doc is None:
+            continue
+        stored_path = doc.get("path")
+        if not isinstance(stored_path, str) or (
+            os.path.normpath(stored_path) != os.path.normpath(run.path)
+        ):
+            log.error(
+                "not archiving %r: run id %r is registered for %r (status %r); "
+                "run ids must be unique",
+                run.path,
+                run.run_id,
+                doc.get("path"),
+                doc.get("status"),
+            )
+        elif doc.get("status") not in runstate.STATUSES:
+            log.error(
+                "[%s] not archived: its document has status %r, which dfarchive does not "
+                "know (see dfarchive show %s)",
+                run.run_id,
+                doc.get("status"),
+                run.run_id,
+            )
+        else:
+            matched.add((run.run_id, run.path))
+
+
 def run_scheduler(
     config: Config, *, once: bool = False, stop: threading.Event | None = None
 ) -> int:
     """``dfarchive scheduler``: schedule passes every ``scan_interval`` until stopped."""
-    from .messaging import BrokerError, broker_url, enqueue_archive, make_broker
+    from .messaging import BrokerError, broker_url, check_broker, enqueue_archive, make_broker
     from .startup import StartupError, open_checked_store, worker_id
 
     url = broker_url(config.broker_url)
@@ -83,6 +130,12 @@ def run_scheduler(
         )
     store = open_checked_store(config)
     broker = make_broker(url)
+    try:
+        check_broker(broker, url)
+    except BrokerError as error:
+        broker.close()
+        store.close()
+        raise StartupError(f"{config.source}: broker_url: {error}") from None
     stop = stop or threading.Event()
     me = worker_id()
     try:

@@ -142,7 +142,10 @@ def render_table(docs: Iterable[Document], now: datetime, *, width: int | None =
 
 def summary_line(docs: Sequence[Document]) -> str:
     """``4 runs: 1 pending, 1 processing, 2 encrypted`` (known statuses first)."""
-    counts = Counter(str(doc.get("status")) for doc in docs)
+    counts = Counter(
+        "without status" if doc.get("status") in (None, "") else _text(doc["status"])
+        for doc in docs
+    )
     order = [s for s in STATUSES if counts[s]] + sorted(set(counts) - set(STATUSES))
     noun = "run" if len(docs) == 1 else "runs"
     if not docs:

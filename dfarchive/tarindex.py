@@ -41,6 +41,8 @@ _PAX_HEADER = ord("x")
 _PAX_GLOBAL = ord("g")
 _SOLARIS_PAX = ord("X")
 _GNU_OLDSPARSE = ord("S")
+_DEVICE_TYPES = frozenset({ord("3"), ord("4")})  # character and block devices
+_DIRECTORY = ord("5")
 _META_TYPES = frozenset({_GNU_LONGNAME, _GNU_LONGLINK, _PAX_HEADER, _PAX_GLOBAL, _SOLARIS_PAX})
 
 MAX_META_SIZE = 16 << 20
@@ -91,6 +93,10 @@ class TarIndex:
         self._sparse_data = 0  # member data (and padding) after the extension blocks
         self._zero_blocks = 0
         self._ended = False
+        self.device_members: list[bytes] = []
+        """Names of the character and block device members seen, in stream order."""
+        self.directory_members: set[bytes] = set()
+        """Names of the directory members seen, without the trailing slash."""
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Account for the next ``data`` bytes of the stream.
@@ -170,8 +176,13 @@ class TarIndex:
                 self._end_meta()
             return
         self._members += 1
-        self._names.update(self._member_name(block))
+        name = self._member_name(block)
+        self._names.update(name)
         self._names.update(_NAME_SEPARATOR)
+        if typeflag in _DEVICE_TYPES:
+            self.device_members.append(name)
+        elif typeflag == _DIRECTORY:
+            self.directory_members.add(name.rstrip(b"/"))
         self._long_name = self._pax_path = None
         if typeflag == _GNU_OLDSPARSE and block[_GNU_OLDSPARSE_ISEXTENDED]:
             self._sparse_ext = True  # extension blocks come before the data

@@ -4,7 +4,10 @@ The command is ``tar --format=gnu -C <parent> [--exclude=PATTERN ...] -cf - -- <
 member names start with the run folder's name, and ``--exclude`` patterns are the
 configuration's ``tar_exclusions`` verbatim, so they match exactly as they would for
 ``tar`` on the command line. Any non-zero exit, including 1 ("file changed as we read
-it"), is a :class:`~dfarchive.errors.ToolError`.
+it"), is a :class:`~dfarchive.errors.ToolError`, and so is any warning tar prints while
+exiting 0: GNU tar only warns, with status 0, when it skips a socket or when a directory
+changed while it was read (a file added or removed) — either way the archive would not
+hold the run folder as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dfarchive.childproc import Child, prepare_pipe, read_full
+from dfarchive.errors import ToolError
 
 TAR = "tar"
 TAR_FORMAT = "--format=gnu"
@@ -110,8 +114,11 @@ class TarStream:
         """Wait (bounded) for tar to exit after its output ended; check its status.
 
         Raises:
-            ToolError: tar exited non-zero (the message names the run folder and quotes
-                tar's stderr) or did not exit within ``TAR_EXIT_TIMEOUT``.
+            ToolError: tar exited non-zero or printed a warning (the message names the run
+                folder and quotes tar's stderr) or did not exit within ``TAR_EXIT_TIMEOUT``.
             Cancelled: the cancel event was set while waiting.
         """
         self._child.check(self._child.wait(cancel=self._cancel, timeout=TAR_EXIT_TIMEOUT))
+        warnings = self._child.stderr_text()
+        if warnings:
+            raise ToolError(f"{self._child.what} warned (exit status 0): {warnings}")

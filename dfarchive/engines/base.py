@@ -20,6 +20,8 @@ class EncryptResult:
         members, members_sha256: the :class:`~dfarchive.tarindex.TarSummary` of the tar
             stream (member count, hex SHA-256 of the ordered member names).
         seconds: wall-clock time the engine took.
+        directories: names of the directory members (raw bytes, no trailing slash): the
+            folders whose listing the archive holds, to check they did not change.
     """
 
     engine: str
@@ -30,6 +32,7 @@ class EncryptResult:
     members: int
     members_sha256: str
     seconds: float
+    directories: frozenset[bytes] = frozenset()
 
 
 class Engine(Protocol):

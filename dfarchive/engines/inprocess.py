@@ -65,4 +65,5 @@ class InProcessEngine:
             members=summary.members,
             members_sha256=summary.members_sha256,
             seconds=time.monotonic() - started,
+            directories=plaintext.directories,
         )

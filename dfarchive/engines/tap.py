@@ -8,6 +8,7 @@ counting and hashing them.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 
@@ -38,7 +39,7 @@ class PlaintextTap:
         """Account for the next chunk of the tar stream.
 
         Raises:
-            ToolError: tar wrote a corrupt header.
+            ToolError: tar wrote a corrupt header, or a device file's.
         """
         self.size += len(chunk)
         self._sha256.update(chunk)
@@ -46,9 +47,20 @@ class PlaintextTap:
             self._index.feed(chunk)
         except ValidationError as exc:
             raise ToolError(f"{self.what}: tar wrote an invalid stream: {exc}") from None
+        if self._index.device_members:
+            name = os.fsdecode(self._index.device_members[0])
+            raise ToolError(
+                f"{self.what}: {name!r} is a device file; device files are not archived "
+                "(a restore refuses them): remove it or add it to tar_exclusions"
+            )
         if self._progress is not None and time.monotonic() >= self._next_report:
             self._next_report = time.monotonic() + PROGRESS_INTERVAL
             self._progress(self.size)
+
+    @property
+    def directories(self) -> frozenset[bytes]:
+        """The directory members seen so far (names without the trailing slash)."""
+        return frozenset(self._index.directory_members)
 
     def finish(self) -> tuple[str, TarSummary]:
         """Report final progress; return the hex SHA-256 and the tar summary.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -154,6 +154,22 @@ class CouchStore(RunStore):
             lambda: self._client.get_document(db=self.database, doc_id=run_id),
             tolerate=(404,),
         )
+
+    def get_many(self, run_ids: Iterable[str]) -> dict[str, RunDocument]:
+        """The stored documents of those of ``run_ids`` that exist, in one request.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        ids = [run_id for run_id in run_ids if _storable_id(run_id)]
+        if not ids:
+            return {}
+        result = self._call(
+            f"reading {len(ids)} runs",
+            lambda: self._client.post_all_docs(db=self.database, keys=ids, include_docs=True),
+        )
+        return {
+            row["key"]: row["doc"] for row in result["rows"] if isinstance(row.get("doc"), dict)
+        }
 
     def runs(self, status: str | None = None) -> list[RunDocument]:
         """All run documents, or those with ``status``, ordered by id; one request.

@@ -94,18 +94,21 @@ class SqliteStore(RunStore):
 
     def get(self, run_id: str) -> RunDocument | None:
         with self._db() as db:
-            row = db.execute("SELECT rev, body FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute(
+                "SELECT id, rev, status, body FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
         return None if row is None else _document(*row)
 
     def runs(self, status: str | None = None) -> list[RunDocument]:
         with self._db() as db:
             if status is None:
-                rows = db.execute("SELECT rev, body FROM runs ORDER BY id").fetchall()
+                rows = db.execute("SELECT id, rev, status, body FROM runs ORDER BY id").fetchall()
             else:
                 rows = db.execute(
-                    "SELECT rev, body FROM runs WHERE status = ? ORDER BY id", (status,)
+                    "SELECT id, rev, status, body FROM runs WHERE status = ? ORDER BY id",
+                    (status,),
                 ).fetchall()
-        return [_document(rev, body) for rev, body in rows]
+        return [_document(*row) for row in rows]
 
     def _replace(self, doc: RunDocument) -> RunDocument | None:
         body, rev = _body(doc), int(doc["_rev"])
@@ -135,5 +138,24 @@ def _body(doc: RunDocument) -> str:
     return json.dumps({k: v for k, v in doc.items() if k != "_rev"}, sort_keys=True)
 
 
-def _document(rev: int, body: str) -> RunDocument:
-    return {**json.loads(body), "_rev": str(rev)}
+#: The status shown for a row whose body is not a JSON object (edited by hand): no
+#: transition accepts it, so nothing overwrites the body before an operator looks.
+UNREADABLE = "unreadable"
+
+
+def _document(run_id: str, rev: int, status: str | None, body: str) -> RunDocument:
+    try:
+        doc = json.loads(body)
+    except ValueError as error:
+        problem = f"not valid JSON ({error})"
+    else:
+        if isinstance(doc, dict):
+            return {**doc, "_id": run_id, "_rev": str(rev)}
+        problem = f"a JSON {type(doc).__name__}, not an object"
+    return {
+        "_id": run_id,
+        "_rev": str(rev),
+        "status": UNREADABLE,
+        "last_error": f"the stored document (status column {status!r}) is {problem}; "
+        "fix or delete the row in the SQLite state file",
+    }
