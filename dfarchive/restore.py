@@ -46,6 +46,7 @@ from typing import BinaryIO, Literal
 
 from .errors import CryptoError, DfArchiveError, ValidationError
 from .openpgp import DecryptResult, decrypt
+from .publish import fsync_directory
 from .tarindex import TarIndex
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def _move_into_place(extractor: SafeExtractor, temp: Path, destination: Path) ->
     os.rmdir(temp)
     extractor.apply_directory_attributes(destination, levels="top")
     with contextlib.suppress(OSError):
-        _fsync_directory(destination)
+        fsync_directory(destination)
     return tuple(Path(os.fsdecode(_join(destination, name))) for name in names)
 
 
@@ -245,14 +246,6 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         log.warning("could not remove the temporary directory %s", path)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- decryption on a thread, into a pipe ----------------------------------------------
