@@ -314,3 +314,11 @@ def test_concurrent_heartbeats_and_progress_lose_no_update(make_store):
     doc = store.get("run_001")
     assert doc["status"] == "processing"
     assert int(doc["_rev"].split("-")[0]) == 1 + 1 + 4 * 20  # register, claim, 80 heartbeats
+
+
+def test_get_many_returns_the_stored_documents_that_exist(store):
+    register(store, "run_001", "run_002", "run_003")
+    found = store.get_many(["run_003", "run_001", "absent"])
+    assert sorted(found) == ["run_001", "run_003"]
+    assert found["run_001"] == store.get("run_001")
+    assert store.get_many([]) == {}
