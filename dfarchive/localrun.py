@@ -42,6 +42,7 @@ class LocalArchiver:
         self.observers = tuple(observers)
         self.active: dict[str, _Active] = {}
         self.outcomes: dict[str, Outcome] = {}
+        self._started = 0  # attempts submitted so far
         self._deferred_until: dict[str, float] = {}  # no space: wait a scan interval
         self.stopping = threading.Event()
         self.immediate = threading.Event()
@@ -79,8 +80,11 @@ class LocalArchiver:
         """
         try:
             while not self.stopping.is_set():
+                started = self._started
                 self._pass(once=once)
-                if once and not self.active:
+                # quick attempts (a refused claim) may all be over already: once is
+                # done only when a pass finds nothing more to start
+                if once and not self.active and self._started == started:
                     break
                 self._wakeup.wait(1.0 if once else self.config.scan_interval)
                 self._wakeup.clear()
@@ -125,6 +129,7 @@ class LocalArchiver:
             observers=self.observers,
         )
         self.active[run_id] = _Active(future, cancel)
+        self._started += 1
         future.add_done_callback(lambda f, run_id=run_id: self._done(run_id, f))
 
     def _done(self, run_id: str, future: Future[Outcome]) -> None:

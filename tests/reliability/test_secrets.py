@@ -1,0 +1,209 @@
+"""Secrets stay secret: the run key, the CouchDB password, and the modes of what is
+written.
+
+Real ``dataflow_archive --once`` runs while a sampler reads the argv and environment of
+every process on the machine (tar, gpg and the gpg-agent gpg starts included); the run
+key is learned only afterwards, by unwrapping ``<run>.key.gpg`` with the test keyring,
+and then searched for (64 hex characters and the 32 raw bytes) in what was sampled, in
+every file under the workspace (``TMPDIR`` points into it) and in the logs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dfarchive import attempt as attempt_module
+from dfarchive import pipeline
+from dfarchive.attempt import Outcome, attempt_run
+from dfarchive.config import load_config
+from dfarchive.keys import resolve_recipient
+from dfarchive.pipeline import ArchiveSettings
+from dfarchive.store import NewRun, SqliteStore
+from tests.gpg_fixtures import GnupgHome
+from tests.reliability.support import (
+    BIN,
+    ProcessSampler,
+    Workspace,
+    files_holding,
+    new_gnupg_home,
+    started,
+    stop_agent,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+PASSWORD_ENV = "DFARCHIVE_STATUSDB_PASSWORD"
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Iterator[GnupgHome]:
+    home = new_gnupg_home(tmp_path)  # inside the workspace: searched like the rest
+    try:
+        yield home
+    finally:
+        stop_agent(home)
+
+
+def slow_run(ws: Workspace, name: str) -> Path:
+    """A run whose tar lives long enough to be sampled (a sparse 256 MiB file)."""
+    run = ws.make_run("seqA", name)
+    with open(run / "big.cbcl", "wb") as f:
+        f.truncate(256 << 20)
+    (run / "SampleSheet.csv").write_text("[Header]\n")
+    return run
+
+
+def sampled_run(
+    ws: Workspace, config: Path, env: dict[str, str], *, children: set[bytes]
+) -> tuple[ProcessSampler, str]:
+    """``dataflow_archive --once`` under the sampler; returns it and the output.
+    ``children``: names of the long-lived children the sampler must have caught (the
+    gpg runs that wrap the key last milliseconds: sampled when caught)."""
+    argv = [str(BIN / "dataflow_archive"), "-c", str(config), "--once"]
+    with started(argv, env=env, cwd=ws.base) as process, ProcessSampler(process.pid) as sampler:
+        out, err = process.communicate(timeout=100)
+    output = (out + err).decode(errors="backslashreplace")
+    assert process.returncode == 0, output
+    assert sampler.rounds > 0
+    assert children <= sampler.descendant_names, sampler.descendant_names
+    return sampler, output
+
+
+@pytest.mark.parametrize("engine", ["inprocess", "gpg"])
+def test_the_run_key_is_never_on_disk_in_argv_environment_or_logs(
+    tmp_path: Path, keyring: GnupgHome, engine: str
+) -> None:
+    ws = Workspace(tmp_path, keyring)
+    slow_run(ws, "run_secret")
+    config = ws.config(engine=engine, validate_with=engine, log_level="DEBUG")
+    children = {b"tar", b"gpg"} if engine == "gpg" else {b"tar"}
+    sampler, output = sampled_run(ws, config, ws.env(), children=children)
+    assert ws.documents()["run_secret"]["status"] == "encrypted"
+
+    key = ws.run_key("run_secret")
+    assert len(key) == 64
+    raw = bytes.fromhex(key.decode())
+    assert sampler.holding(key, raw) == []  # no process's argv or environment, ever
+    assert key.decode() not in output
+    assert files_holding([tmp_path], key, raw) == []  # incl. TMPDIR, state, log, keyring
+    assert ws.log.stat().st_size > 0 and key not in ws.log.read_bytes()
+    assert list(ws.tmpdir.iterdir()) == []  # nothing left in TMPDIR either
+
+
+def test_the_couchdb_password_is_never_in_children_argv_environment_or_logs(
+    tmp_path: Path, keyring: GnupgHome, couchdb_server, couchdb_database: str
+) -> None:
+    ws = Workspace(tmp_path, keyring)
+    slow_run(ws, "run_couch")
+    config = ws.config(
+        engine="gpg",
+        log_level="DEBUG",
+        statusdb={
+            "url": couchdb_server.url,
+            "database": couchdb_database,
+            "username": couchdb_server.username,
+        },
+    )
+    password = couchdb_server.password.encode()
+    env = ws.env(**{PASSWORD_ENV: password.decode()})
+    sampler, output = sampled_run(ws, config, env, children={b"tar", b"gpg"})
+    # the command itself was given the password in its environment, and the test
+    # server holds it as its admin password; no other process may have it
+    given = {sampler.root}
+    server = getattr(couchdb_server, "_process", None)
+    if server is not None:
+        given.add(server.pid)
+    others = set(sampler.texts) - given
+    assert sampler.holding(password, among=others) == []
+    assert sampler.descendant_pids & others  # its children (tar, gpg) were among them
+    assert password.decode() not in output
+    assert password not in ws.log.read_bytes()
+    assert files_holding([tmp_path], password) == []
+    assert couchdb_server.username in config.read_text()  # the config names the user only
+
+
+# -- modes of what is written, whatever the umask -------------------------------------------
+
+
+@pytest.fixture
+def umask(request) -> Iterator[int]:
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077, 0o022], indirect=True)
+def test_outputs_never_have_wider_modes_than_their_final_ones(
+    tmp_path: Path, keyring: GnupgHome, umask: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GNUPGHOME", keyring.home)
+    ws = Workspace(tmp_path, keyring)
+    run = ws.make_run("seqA", "run_modes")
+    (run / "data.bin").write_bytes(bytes(32 << 20))  # tar still busy at the first report
+    seen: dict[str, int] = {}
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+
+    real_archive_run = attempt_module.archive_run
+
+    def archive_run(*args, progress=None, **kwargs):
+        def report(done: int, total: int) -> None:
+            partial = ws.archives / "run_modes.tar.gpg.partial"
+            seen.setdefault("archive while written", mode(partial))
+            if progress is not None:
+                progress(done, total)
+
+        return real_archive_run(*args, progress=report, **kwargs)
+
+    real_wrap_key = pipeline.wrap_key
+
+    def wrap_key(*args, **kwargs):  # called once the key's partial file exists, empty
+        seen["key when created"] = mode(ws.keys / "run_modes.key.gpg.partial")
+        return real_wrap_key(*args, **kwargs)
+
+    monkeypatch.setattr(attempt_module, "archive_run", archive_run)
+    monkeypatch.setattr(pipeline, "wrap_key", wrap_key)
+    settings = ArchiveSettings.from_config(load_config(ws.config()))
+    recipient = resolve_recipient(keyring.fingerprint, gnupg_home=keyring.home)
+    with SqliteStore(ws.state) as store:
+        store.setup()
+        store.register_many([NewRun("run_modes", str(run), "seqA")], worker_id="s:1")
+        outcome = attempt_run(
+            store, "run_modes", worker_id="w:1", settings=settings, recipient=recipient
+        )
+    assert outcome is Outcome.ENCRYPTED
+    seen["archive"] = mode(ws.archives / "run_modes.tar.gpg")
+    seen["key"] = mode(ws.keys / "run_modes.key.gpg")
+    assert seen == {
+        "archive while written": 0o640,
+        "key when created": 0o600,
+        "archive": 0o640,
+        "key": 0o600,
+    }
+
+
+@pytest.mark.parametrize("umask", [0o000], indirect=True)
+def test_keys_path_is_created_0700_even_with_umask_0(
+    tmp_path: Path, keyring: GnupgHome, umask: int
+) -> None:
+    ws = Workspace(tmp_path, keyring)
+    keys = tmp_path / "new" / "run_keys"
+    config = ws.config(keys_path=str(keys))
+    result = subprocess.run(
+        [str(BIN / "dfarchive"), "init", "-c", str(config)],
+        env=ws.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # inherits umask 0
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
