@@ -19,7 +19,7 @@ from dfarchive.engines.tap import ArchiveOutput, PlaintextTap
 from dfarchive.openpgp import SymmetricWriter
 from dfarchive.tarstream import TarStream
 
-CHUNK_SIZE = 4 << 20
+CHUNK_SIZE = 1 << 20  # benchmarked: 1, 4 and 16 MiB tie on speed; 1 MiB keeps RSS lowest
 """Bytes of tar output handled per step."""
 
 

@@ -1,0 +1,230 @@
+"""dfarchive measured through its real code.
+
+* :func:`end_to_end` — ``pipeline.archive_run`` (pre-flight, archive, fsync, validate,
+  key wrap, publish) for one run, or for several at once on a thread pool the way
+  ``dataflow_archive`` runs ``concurrency`` runs in one process.
+* :func:`engine_steps` — one engine's ``encrypt`` into a file + ``fsync`` (the archive
+  step alone), then ``validate_archive`` with each method on that archive.
+* :func:`gpg_engine_relay` — the ``gpg`` engine with its relay's chunk size changed
+  (``childproc.pump(chunk_size=...)``); :func:`splice_relay` — the same tar and gpg
+  commands joined by ``os.splice`` (no copy through Python, but nothing measured on
+  the way: a lower bound on the relay's cost, not a working engine).
+* :func:`inprocess_chunk` — the ``inprocess`` engine with another ``CHUNK_SIZE`` (read
+  size and OpenPGP partial-body size).
+
+The two sweeps set one module attribute of the package in the case's own process;
+they fail loudly if the package no longer has it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import shutil
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from benchmarks.context import CaseContext
+from benchmarks.outcome import Outcome, Phases
+from dfarchive import childproc
+from dfarchive.childproc import secret_pipe
+from dfarchive.engines import get_engine
+from dfarchive.engines.base import EncryptResult
+from dfarchive.gpgcli import symmetric_encrypt_command
+from dfarchive.keys import new_run_key, resolve_recipient
+from dfarchive.pipeline import ArchiveSettings, archive_run
+from dfarchive.tarstream import tar_command
+from dfarchive.validate import validate_archive
+
+SPLICE_CHUNK = 1 << 20
+TOOL_TIMEOUT = 3600
+
+
+def default_settings(work_dir: Path, gnupg_home: str) -> ArchiveSettings:
+    """The pipeline's settings with the package defaults (engine, validation)."""
+    return ArchiveSettings(
+        destination_path=work_dir / "archives",
+        keys_path=work_dir / "keys",
+        gnupg_home=Path(gnupg_home),
+    )
+
+
+def end_to_end(
+    ctx: CaseContext,
+    *,
+    engine: str | None = None,
+    validate_with: str | None = None,
+    runs: int = 1,
+    data: str = "run",
+) -> Outcome:
+    """``archive_run`` for ``runs`` runs of the same folder at once (None: defaults)."""
+    run_path, _ = ctx.run(data)
+    work = Path(ctx.work_dir)
+    settings = default_settings(work, ctx.gnupg_home)
+    settings = replace(
+        settings,
+        engine=engine or settings.engine,
+        validate_with=validate_with or settings.validate_with,
+    )
+    for folder in (settings.destination_path, settings.keys_path):
+        folder.mkdir(mode=0o700)
+    recipient = resolve_recipient(ctx.fingerprint, gnupg_home=ctx.gnupg_home)
+    run_ids = [f"{run_path.name}-{i}" for i in range(runs)]
+    phases = Phases()
+
+    def one(run_id: str) -> dict[str, Any]:
+        return archive_run(run_id, run_path, settings, recipient)
+
+    try:
+        with phases("all"):
+            if runs == 1:
+                records = [one(run_ids[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=runs) as pool:
+                    records = list(pool.map(one, run_ids))
+    finally:
+        shutil.rmtree(settings.destination_path, ignore_errors=True)
+        shutil.rmtree(settings.keys_path, ignore_errors=True)
+    return Outcome(
+        bytes=sum(record["plaintext_size"] for record in records),
+        phases=phases.record,
+        extra={
+            "engine": settings.engine,
+            "validate_with": settings.validate_with,
+            "archive_bytes": records[0]["size"],
+            "run_seconds": [record["seconds"] for record in records],
+        },
+    )
+
+
+def _encrypt_to(path: Path, engine: str, run_path: Path, passphrase: bytes) -> EncryptResult:
+    """The engine into a new file, fsynced (as the pipeline does before validating)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        result = get_engine(engine).encrypt(run_path, fd, passphrase)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return result
+
+
+def engine_steps(ctx: CaseContext, *, engine: str, data: str = "run") -> Outcome:
+    """Archive step alone with ``engine``, then each validation method on its output."""
+    run_path, _ = ctx.run(data)
+    path = Path(ctx.work_dir) / f"steps-{engine}.tar.gpg"
+    passphrase = new_run_key()
+    phases = Phases()
+    try:
+        with phases("encrypt"):
+            result = _encrypt_to(path, engine, run_path, passphrase)
+        for method in ("inprocess", "gpg"):
+            with phases(f"validate_{method}"):
+                validate_archive(path, passphrase, result, method=method)
+    finally:
+        path.unlink(missing_ok=True)
+    return Outcome(
+        bytes=result.plaintext_size,
+        phases=phases.record,
+        extra={"archive_bytes": result.archive_size},
+    )
+
+
+def _patched(module: ModuleType, name: str, value: object) -> None:
+    if not hasattr(module, name):
+        raise RuntimeError(
+            f"{module.__name__}.{name} is gone: update benchmarks/dfcases.py to the package"
+        )
+    setattr(module, name, value)
+
+
+def _encrypt_only(ctx: CaseContext, engine: str, data: str, **extra: Any) -> Outcome:
+    run_path, _ = ctx.run(data)
+    path = Path(ctx.work_dir) / f"sweep-{engine}.tar.gpg"
+    phases = Phases()
+    try:
+        with phases("encrypt"):
+            result = _encrypt_to(path, engine, run_path, new_run_key())
+    finally:
+        path.unlink(missing_ok=True)
+    return Outcome(bytes=result.plaintext_size, phases=phases.record, extra=extra)
+
+
+def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
+    """The ``gpg`` engine (archive step alone) relaying ``chunk`` bytes at a time."""
+    from dfarchive.engines import gpg as gpg_engine
+
+    _patched(gpg_engine, "pump", functools.partial(childproc.pump, chunk_size=chunk))
+    return _encrypt_only(ctx, "gpg", data, chunk=chunk, pipe_size=childproc.PIPE_SIZE)
+
+
+def inprocess_chunk(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
+    """The ``inprocess`` engine (archive step alone) with ``CHUNK_SIZE = chunk``."""
+    from dfarchive.engines import inprocess
+
+    _patched(inprocess, "CHUNK_SIZE", chunk)
+    return _encrypt_only(ctx, "inprocess", data, chunk=chunk)
+
+
+def _enlarge(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, childproc.PIPE_SIZE)
+
+
+def _splice_all(source: int, sink: int) -> int:
+    moved = 0
+    while n := os.splice(source, sink, SPLICE_CHUNK):
+        moved += n
+    return moved
+
+
+def splice_relay(ctx: CaseContext, *, data: str = "run") -> Outcome:
+    """tar → ``os.splice`` → gpg (the engine's command) → ``os.splice`` → file, fsync."""
+    run_path, _ = ctx.run(data)
+    path = Path(ctx.work_dir) / "splice.tar.gpg"
+    phases = Phases()
+    moved: list[int] = []
+    try:
+        with phases("encrypt"), secret_pipe(new_run_key() + b"\n") as passphrase_fd:
+            tar = subprocess.Popen(
+                tar_command(run_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+            )
+            gpg = subprocess.Popen(
+                symmetric_encrypt_command(passphrase_fd),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(passphrase_fd,),
+            )
+            assert tar.stdout and gpg.stdin and gpg.stdout
+            for pipe in (tar.stdout, gpg.stdin, gpg.stdout):
+                _enlarge(pipe.fileno())
+
+            def feed() -> None:
+                try:
+                    moved.append(_splice_all(tar.stdout.fileno(), gpg.stdin.fileno()))
+                finally:
+                    gpg.stdin.close()
+
+            feeder = threading.Thread(target=feed, name="splice-feed")
+            feeder.start()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                _splice_all(gpg.stdout.fileno(), fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            feeder.join()
+            tar.wait(TOOL_TIMEOUT)
+            gpg.wait(TOOL_TIMEOUT)
+        for proc, what in ((tar, "tar"), (gpg, "gpg")):
+            if proc.returncode != 0:
+                raise RuntimeError(f"{what} exited with status {proc.returncode}")
+    finally:
+        path.unlink(missing_ok=True)
+    if not moved:
+        raise RuntimeError("the splice relay did not finish")
+    return Outcome(bytes=moved[0], phases=phases.record, extra={"chunk": SPLICE_CHUNK})
