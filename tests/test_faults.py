@@ -4,6 +4,7 @@ After recovery every run is encrypted exactly once and every archive verifies.""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -138,6 +139,19 @@ class Site:
         )
 
 
+def fill_up(path: Path) -> None:
+    """Write to ``path`` until its file system is full (unbuffered: no late flush)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    block = b"\0" * (1 << 20)
+    try:
+        while True:
+            os.write(fd, block)
+    except OSError as error:
+        assert error.errno == errno.ENOSPC, error
+    finally:
+        os.close(fd)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """What a lost host looks like: the process and its tar/gpg children, at once."""
     os.killpg(proc.pid, signal.SIGKILL)
@@ -241,10 +255,7 @@ def test_disk_full_mid_archive_fails_cleanly_and_retries_later(tmp_path, gnupg_h
             time.sleep(0.05)  # polling the destination with a deadline
         # something else fills the volume while the archive is being written
         filler = small_disk / "filler"
-        subprocess.run(["fallocate", "-l", "300m", str(filler)], check=False)
-        with open(filler, "ab") as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * (1 << 20))
+        fill_up(filler)
         doc = site.wait_for(
             lambda docs: "No space left" in (docs["run_big"].get("last_error") or ""),
             "the disk-full error",

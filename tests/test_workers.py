@@ -387,17 +387,17 @@ def test_store_server_restarted_mid_run(
         amqp_url,
         queue_name,
         gnupg_home,
-        lease_seconds=30,  # heartbeats every 10 s: the one at 10 s falls in the outage
+        lease_seconds=60,  # heartbeats every 20 s: the one at 20 s falls in the outage
     )
     try:
         d.slow_tar(seconds_per_mib=1.0)
         for n in range(2):
-            d.run_folder(f"run_{n}", size=25 << 20)  # ~25 s of tar
+            d.run_folder(f"run_{n}", size=45 << 20)  # ~45 s of tar: outlives the outage
         d.scheduler()
         d.worker("hostA", threads=2)
         d.wait_for(in_flight(2), "two runs in flight")
         ondisk_couchdb_server.stop(kill=True)  # a crash: no graceful connection draining
-        time.sleep(16)  # the outage itself: the heartbeat due at 10 s and its retries fail
+        time.sleep(30)  # the outage itself: 30 s, the heartbeat due at 20 s fails
         ondisk_couchdb_server.start()
         docs = d.wait_for(all_encrypted(2), "runs encrypted after the restart", timeout=240)
         for doc in docs.values():
@@ -407,6 +407,23 @@ def test_store_server_restarted_mid_run(
         assert "heartbeat failed" in (tmp_path / "worker-hostA.log").read_text()
     finally:
         d.stop_all()
+
+
+def test_broker_restarted_mid_run(deployment):
+    d = deployment()
+    d.slow_tar(seconds_per_mib=1.0)
+    for n in range(3):
+        d.run_folder(f"run_{n}", size=10 << 20)
+    d.scheduler()
+    d.worker("hostA", threads=2)
+    d.wait_for(in_flight(2), "two runs in flight")
+    for command in ("stop_app", "start_app"):
+        subprocess.run(["rabbitmqctl", command], check=True, capture_output=True, timeout=120)
+    docs = d.wait_for(all_encrypted(3), "all runs encrypted after the restart", timeout=240)
+    for doc in docs.values():
+        assert exactly_once(doc), doc
+    assert message_count(d.amqp_url, d.queue + ".XQ") == 0
+    assert d.partials() == []
 
 
 def test_queue_depth_shows_the_backlog_as_ready(deployment):
