@@ -40,9 +40,9 @@ def worker_id() -> str:
 
 
 def check_tools() -> None:
-    for tool in ("tar", "gpg"):
+    for tool, package in (("tar", "tar"), ("gpg", "gnupg")):
         if shutil.which(tool) is None:
-            raise StartupError(f"{tool} not found on PATH; install it (apt-get install {tool})")
+            raise StartupError(f"{tool} not found on PATH; install it (apt-get install {package})")
 
 
 def check_directories(config: Config) -> None:
@@ -115,4 +115,3 @@ def prepare(config: Config, *, need_recipient: bool = True) -> Runtime:
         settings=ArchiveSettings.from_config(config),
         worker_id=worker_id(),
     )
-

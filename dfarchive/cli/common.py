@@ -18,10 +18,6 @@ from ..logs import redact, setup_logging
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class UsageError(DfArchiveError):
-    """The command line is wrong (exit 2)."""
-
-
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
