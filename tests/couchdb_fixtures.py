@@ -58,6 +58,15 @@ class CouchServer:
         self.username = username
         self.password = password
 
+    def statusdb(self, database: str) -> dict[str, str | None]:
+        """The ``statusdb`` config section pointing at ``database`` on this server."""
+        return {
+            "url": self.url,
+            "database": database,
+            "username": self.username,
+            "password": self.password,
+        }
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, username={self.username!r})"
 

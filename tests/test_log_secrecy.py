@@ -20,9 +20,7 @@ SENTINEL = ".metadata_rsync_exitcode"
 BROKER_SECRET = "Br0kerS3cret-xyzzy"
 
 
-def test_no_secret_in_logs_stderr_or_stdout(
-    tmp_path, couchdb_server, couchdb_database, gnupg_home
-):
+def test_no_secret_in_logs_stderr_or_stdout(tmp_path, couchdb_server, couchdb_database, gnupg_home):
     assert couchdb_server.password, "the test server must have a password to hide"
     for name in ("seq/seqA", "archives", "keys"):
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
@@ -38,12 +36,7 @@ def test_no_secret_in_logs_stderr_or_stdout(
         store.register_many([gone], worker_id="test")
     log_file = tmp_path / "dataflow_archive.log"
     settings = {
-        "statusdb": {
-            "url": couchdb_server.url,
-            "database": couchdb_database,
-            "username": couchdb_server.username,
-            "password": couchdb_server.password,
-        },
+        "statusdb": couchdb_server.statusdb(couchdb_database),
         "sequencing_path": str(tmp_path / "seq"),
         "destination_path": str(tmp_path / "archives"),
         "keys_path": str(tmp_path / "keys"),

@@ -144,12 +144,7 @@ def test_workers_and_scheduler_serve_their_metrics(
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
     (tmp_path / "keys").chmod(0o700)
     settings = {
-        "statusdb": {
-            "url": couchdb_server.url,
-            "database": couchdb_database,
-            "username": couchdb_server.username,
-            "password": couchdb_server.password,
-        },
+        "statusdb": couchdb_server.statusdb(couchdb_database),
         "sequencing_path": str(tmp_path / "seq"),
         "destination_path": str(tmp_path / "archives"),
         "keys_path": str(tmp_path / "keys"),

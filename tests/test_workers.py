@@ -39,12 +39,7 @@ class Deployment:
         self.config.write_text(
             yaml.safe_dump(
                 {
-                    "statusdb": {
-                        "url": couchdb_server.url,
-                        "database": database,
-                        "username": couchdb_server.username,
-                        "password": couchdb_server.password,
-                    },
+                    "statusdb": couchdb_server.statusdb(database),
                     "sequencing_path": str(tmp_path / "seq"),
                     "destination_path": str(tmp_path / "archives"),
                     "keys_path": str(tmp_path / "keys"),
