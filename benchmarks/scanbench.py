@@ -6,8 +6,10 @@ store already knows all runs but the new ones (registered untimed, and the views
 queried once, as earlier passes would have left them). Then:
 
 * dfarchive: :func:`dfarchive.scheduler.schedule_pass` (scan, register, reclaim
-  expired leases) on the SQLite store and on the CouchDB store; a second pass with
-  nothing new shows the steady-state cost of every ``scan_interval``.
+  expired leases) on the SQLite store and on the CouchDB store, each time a fresh store
+  object, as in a scheduler's first pass; a second pass with nothing new shows the cost
+  of every later ``scan_interval`` (it still reads, once, the documents the first pass
+  registered: on CouchDB, later passes read only documents the changes feed reports).
 * the original tool's pattern, on the same CouchDB server: one ``PUT`` per run folder
   found (201 for a new run, 409 for a known one), then the ``runfolder_id`` view with
   ``include_docs`` to find the pending runs.

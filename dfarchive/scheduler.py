@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import runstate
 from .config import Config
 from .errors import DfArchiveError, StoreUnavailable
+from .runstate import RunDocument
 from .scan import scan_runs
 from .store.base import NewRun, RunStore
 
@@ -57,11 +58,9 @@ def schedule_pass(
         for folder in scanned.skipped:
             log.error("not registering %r: %s", folder.path, folder.reason)  # %r: one line
         report.found, report.skipped = len(scanned.runs), len(scanned.skipped)
-        report.registered = store.register_many(scanned.runs, worker_id=worker_id)
+        report.registered = register_found(store, scanned.runs, worker_id=worker_id)
         for run_id in report.registered:
             log.info("[%s] registered as pending", run_id)
-        new = set(report.registered)
-        flag_unarchivable(store, [run for run in scanned.runs if run.run_id not in new])
     report.reclaimed = store.reclaim_expired()
     for run_id in report.reclaimed:
         log.warning("[%s] lease expired; put back to pending", run_id)
@@ -73,46 +72,73 @@ def schedule_pass(
     return report
 
 
-#: Per store, the (run id, path) pairs already found to match their documents: checked
-#: once per process, not on every pass (that would read every known run's document).
-_MATCHED: weakref.WeakKeyDictionary[RunStore, set[tuple[str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass
+class _Known:
+    """What this process learnt about a store's run documents, kept between passes."""
+
+    mark: str | None = None  # the store's change mark when last asked
+    matched: dict[str, str] = field(default_factory=dict)  # run id → its folder's path
 
 
-def flag_unarchivable(store: RunStore, runs: list[NewRun]) -> None:
-    """Log (every pass, never silently) complete run folders that will not be archived
-    because the store holds their run id for another folder, or in a state dfarchive
-    does not know (a hand-edited or foreign document)."""
-    matched = _MATCHED.setdefault(store, set())
-    todo = [run for run in runs if (run.run_id, run.path) not in matched]
+#: Per store, the run documents found to match their folders: read again only when the
+#: store's change log reports them changed (re-reading every known run on every pass
+#: was most of a pass's cost on CouchDB).
+_KNOWN: weakref.WeakKeyDictionary[RunStore, _Known] = weakref.WeakKeyDictionary()
+
+
+def register_found(store: RunStore, runs: list[NewRun], *, worker_id: str) -> list[str]:
+    """Register the complete run folders the store does not know; return the new ids.
+
+    Logs (every pass, never silently) the folders that will not be archived because
+    the store holds their run id for another folder, or in a state dfarchive does not
+    know. Costs one read of the documents not known to match (all of them on a
+    process's first pass, and on every pass for a store without a change log), one
+    bulk insert if some runs are new, and one request for the change log if any.
+    """
+    known = _KNOWN.setdefault(store, _Known())
+    changes = store.changed_since(known.mark)  # before reading: later changes come next time
+    known.mark = changes.mark
+    if changes.ids is None:
+        known.matched.clear()
+    else:
+        for run_id in changes.ids:
+            known.matched.pop(run_id, None)
+    todo = [run for run in runs if known.matched.get(run.run_id) != run.path]
     stored = store.get_many(run.run_id for run in todo) if todo else {}
+    new = [run for run in todo if run.run_id not in stored]
+    registered = store.register_many(new, worker_id=worker_id) if new else []
     for run in todo:
         doc = stored.get(run.run_id)
-        if doc is None:
-            continue
-        stored_path = doc.get("path")
-        if not isinstance(stored_path, str) or (
-            os.path.normpath(stored_path) != os.path.normpath(run.path)
-        ):
-            log.error(
-                "not archiving %r: run id %r is registered for %r (status %r); "
-                "run ids must be unique",
-                run.path,
-                run.run_id,
-                doc.get("path"),
-                doc.get("status"),
-            )
-        elif doc.get("status") not in runstate.STATUSES:
-            log.error(
-                "[%s] not archived: its document has status %r, which dfarchive does not "
-                "know (see dfarchive show %s)",
-                run.run_id,
-                doc.get("status"),
-                run.run_id,
-            )
-        else:
-            matched.add((run.run_id, run.path))
+        if doc is not None and _archivable(run, doc):
+            known.matched[run.run_id] = run.path
+    return registered
+
+
+def _archivable(run: NewRun, doc: RunDocument) -> bool:
+    """Whether ``doc`` is ``run``'s document in a state dfarchive knows; logs why not."""
+    stored_path = doc.get("path")
+    if not isinstance(stored_path, str) or (
+        os.path.normpath(stored_path) != os.path.normpath(run.path)
+    ):
+        log.error(
+            "not archiving %r: run id %r is registered for %r (status %r); "
+            "run ids must be unique",
+            run.path,
+            run.run_id,
+            doc.get("path"),
+            doc.get("status"),
+        )
+        return False
+    if doc.get("status") not in runstate.STATUSES:
+        log.error(
+            "[%s] not archived: its document has status %r, which dfarchive does not "
+            "know (see dfarchive show %s)",
+            run.run_id,
+            doc.get("status"),
+            run.run_id,
+        )
+        return False
+    return True
 
 
 def run_scheduler(

@@ -322,3 +322,13 @@ def test_get_many_returns_the_stored_documents_that_exist(store):
     assert sorted(found) == ["run_001", "run_003"]
     assert found["run_001"] == store.get("run_001")
     assert store.get_many([]) == {}
+
+
+def test_changed_since_reports_every_later_write_or_says_it_cannot(store, clock):
+    register(store, "run_001", "run_002")
+    mark = store.changed_since(None).mark
+    register(store, "run_003")
+    store.claim("run_001", worker_id="w")
+    changes = store.changed_since(mark)
+    assert changes.ids is None or {"run_001", "run_003"} <= changes.ids
+    assert changes.ids is None or "run_002" not in changes.ids

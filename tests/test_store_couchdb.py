@@ -226,13 +226,43 @@ def test_register_many_costs_a_constant_number_of_requests(couchdb_store):
     assert store.request_count - before <= 3
 
 
-def test_ids_registered_concurrently_are_not_reported_as_ours(couchdb_store, monkeypatch):
+def test_ids_registered_concurrently_are_not_reported_as_ours(couchdb_store):
     ours, theirs = couchdb_store(), couchdb_store()
+    # As if our caller's look-up ran before the other writer's insert: both looked new.
     theirs.register_many(new_runs("run_2"), worker_id="other")
-    # As if our look-up ran before the other writer's insert: both ids looked missing.
-    monkeypatch.setattr(ours, "_missing_ids", lambda ids: set(ids))
+    before = ours.request_count
     assert ours.register_many(new_runs("run_1", "run_2"), worker_id="us") == ["run_1"]
+    assert ours.request_count - before == 1
     assert ours.get("run_2")["worker_id"] == "other"
+
+
+def test_a_deleted_run_document_can_be_registered_again(couchdb_server, couchdb_store):
+    store = couchdb_store()
+    store.register_many(new_runs("run_1"), worker_id="h")
+    rev = store.get("run_1")["_rev"]
+    deleted = couchdb_server.request("DELETE", f"/{store.database}/run_1?rev={rev}")
+    assert deleted.status_code == 200, deleted.text
+    assert store.get_many(["run_1"]) == {}
+    assert store.register_many(new_runs("run_1"), worker_id="again") == ["run_1"]
+    assert store.get("run_1")["worker_id"] == "again"
+
+
+def test_changed_since_reports_written_and_deleted_documents(couchdb_server, couchdb_store):
+    store, other = couchdb_store(), couchdb_store()
+    other.register_many(new_runs("run_1", "run_2", "run_3"), worker_id="h")
+    first = store.changed_since(None)
+    assert first.ids is None and first.mark is not None
+    assert store.changed_since(first.mark).ids == frozenset()
+
+    other.register_many(new_runs("run_4"), worker_id="h")
+    other.claim("run_1", worker_id="w")
+    rev = other.get("run_2")["_rev"]
+    couchdb_server.request("DELETE", f"/{store.database}/run_2?rev={rev}")
+    before = store.request_count
+    later = store.changed_since(first.mark)
+    assert store.request_count - before == 1
+    assert later.ids == {"run_1", "run_2", "run_4"}
+    assert store.changed_since(later.mark).ids == frozenset()
 
 
 def test_replace_with_a_stale_rev_is_a_conflict(couchdb_store):

@@ -1,9 +1,10 @@
 """The run-state store: one interface, the transitions of :mod:`dfarchive.runstate`.
 
 A backend supplies five primitives (read one, compare-and-swap write one, insert the
-missing ones in bulk, list by status, set up); this base class turns them into the
-run transitions, each a read → change → write-if-unchanged loop. A write that loses
-the race re-reads and decides again; nothing is ever overwritten blindly.
+missing ones in bulk, list by status, set up), and may add a bulk read and a change
+log; this base class turns them into the run transitions, each a read → change →
+write-if-unchanged loop. A write that loses the race re-reads and decides again;
+nothing is ever overwritten blindly.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class NewRun:
     run_id: str
     path: str
     sequencer: str
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What :meth:`RunStore.changed_since` found.
+
+    ``mark``: where the store's history is now, for the next call (None: no change log).
+    ``ids``: the documents written or deleted since the mark given; None when unknown
+    (the first call, or no change log): any document may then have changed.
+    """
+
+    mark: str | None
+    ids: frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,16 @@ class RunStore(ABC):
                 found[run_id] = doc
         return found
 
+    def changed_since(self, mark: str | None) -> Changes:
+        """The ids of the documents written or deleted since ``mark`` (a mark an earlier
+        call returned), and a new mark; lets a caller keep what it read between passes.
+
+        A change made after this call returns is reported by the next call. This
+        default keeps no change log: every answer is "unknown". Backends with a cheap
+        change log override it (one request).
+        """
+        return Changes(mark=None, ids=None)
+
     @abstractmethod
     def _replace(self, doc: RunDocument) -> RunDocument | None:
         """Write ``doc`` if the stored ``_rev`` still equals ``doc["_rev"]``.
@@ -124,7 +148,12 @@ class RunStore(ABC):
     # -- transitions ----------------------------------------------------------------
 
     def register_many(self, runs: Iterable[NewRun], *, worker_id: str) -> list[str]:
-        """Register the runs not known yet as ``pending``; idempotent. Returns new ids."""
+        """Register the runs not known yet as ``pending``; idempotent. Returns new ids.
+
+        Ids stored already, or registered by another writer meanwhile, are left alone
+        and not returned. Callers that know which runs are new pass only those: every
+        run passed is sent to the backend.
+        """
         now = self.clock()
         docs = [
             runstate.new_run(

@@ -30,7 +30,7 @@ from ibmcloudant.couchdb_session_authenticator import CouchDbSessionAuthenticato
 
 from ..errors import StoreAuthError, StoreError, StoreUnavailable
 from ..runstate import RunDocument
-from .base import RunStore
+from .base import Changes, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,21 @@ class CouchStore(RunStore):
         docs = (row.get("doc") for row in result["rows"])
         return sorted((doc for doc in docs if _is_run(doc)), key=lambda doc: doc["_id"])
 
+    def changed_since(self, mark: str | None) -> Changes:
+        """The ids in the database's ``_changes`` feed since ``mark``, in one request.
+
+        ``mark`` None: no ids, just the current sequence (``since=now``). Deleted
+        documents and non-run documents are reported too.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        result = self._call(
+            "reading the changes feed",
+            lambda: self._client.post_changes(db=self.database, since=mark or "now"),
+        )
+        ids = None if mark is None else frozenset(row["id"] for row in result["results"])
+        return Changes(mark=str(result["last_seq"]), ids=ids)
+
     def _replace(self, doc: RunDocument) -> RunDocument | None:
         """PUT ``doc`` with the ``_rev`` it was read with; None on a conflict (409).
 
@@ -212,19 +227,16 @@ class CouchStore(RunStore):
         return None if result is None else {**doc, "_rev": result["rev"]}
 
     def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
-        """Insert the documents not stored yet, in two requests whatever their number.
+        """Insert the documents not stored yet, in one request whatever their number.
 
-        Returns the ids this call inserted: an id another writer registered between the
-        two requests comes back as a conflict and is not ours. Ids CouchDB cannot store
-        (starting with ``_``) are logged and skipped.
+        Returns the ids this call inserted: an id stored already (or registered by
+        another writer meanwhile) comes back as a conflict and is not ours; the id of a
+        deleted document is registered anew. Ids CouchDB cannot store (starting with
+        ``_``) are logged and skipped.
 
         Raises: StoreUnavailable, StoreAuthError, StoreError.
         """
-        docs = _storable(docs)
-        if not docs:
-            return []
-        missing = self._missing_ids([doc["_id"] for doc in docs])
-        todo = [doc for doc in docs if doc["_id"] in missing]
+        todo = _storable(docs)
         if not todo:
             return []
         results = self._call(
@@ -304,18 +316,6 @@ class CouchStore(RunStore):
             return False
         log.info("wrote _design/%s in %s (views: %s)", DESIGN_DOC, self.database, sorted(views))
         return True
-
-    def _missing_ids(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` have no live document (never stored, or deleted)."""
-        result = self._call(
-            f"looking up {len(ids)} runs",
-            lambda: self._client.post_all_docs(db=self.database, keys=ids),
-        )
-        missing = set()
-        for row in result["rows"]:
-            if row.get("error") == "not_found" or (row.get("value") or {}).get("deleted"):
-                missing.add(row["key"])
-        return missing
 
     def _inserted(self, results: list[dict[str, Any]]) -> list[str]:
         inserted = []

@@ -1,0 +1,131 @@
+"""The scheduling pass's registration on both backends: new folders are registered
+once, folders the store holds for another path or in an unknown state are logged every
+pass, and what a pass learnt is reused only while the store says it is unchanged."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dfarchive.config import Config
+from dfarchive.scheduler import schedule_pass
+from dfarchive.store import RunStore, SqliteStore
+
+SENTINEL = ".metadata_rsync_exitcode"
+
+
+@pytest.fixture(params=["sqlite", "couchdb"])
+def store(request, tmp_path: Path) -> Iterator[RunStore]:
+    if request.param == "sqlite":
+        made: RunStore = SqliteStore(tmp_path / "runs.sqlite3")
+        made.setup()
+    else:
+        made = request.getfixturevalue("couchdb_store")()
+    with made:
+        yield made
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    for run in ("run_1", "run_2", "run_3"):
+        folder = tmp_path / "seq" / "A" / run
+        folder.mkdir(parents=True)
+        (folder / SENTINEL).write_text("0")
+    return Config(
+        source="test",
+        sequencing_path=tmp_path / "seq",
+        destination_path=tmp_path,
+        gpg_receiver="unused",
+        keys_path=tmp_path,
+    )
+
+
+@pytest.fixture
+def reads(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The ids of every ``get_many`` call, one list per call."""
+    calls: list[list[str]] = []
+    real = store.get_many
+
+    def get_many(run_ids):
+        calls.append(sorted(run_ids))
+        return real(calls[-1])
+
+    monkeypatch.setattr(store, "get_many", get_many)
+    return calls
+
+
+def delete(store: RunStore, run_id: str) -> None:
+    """Delete a run document behind the store's back, as an operator would."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        return
+    rev = store.get(run_id)["_rev"]
+    store._client.delete_document(db=store.database, doc_id=run_id, rev=rev)
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    found = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    caplog.clear()
+    return found
+
+
+def test_runs_are_registered_once_and_known_ones_read_only_when_changed(
+    store: RunStore,
+    config: Config,
+    reads: list[list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def schedule() -> list[str]:
+        return schedule_pass(store, config, worker_id="scheduler:1").registered
+
+    has_log = store.changed_since(None).mark is not None  # a change log: CouchDB
+    everything = ["run_1", "run_2", "run_3"]
+    assert sorted(schedule()) == everything
+    assert schedule() == []  # the new documents are read once, then known
+    assert schedule() == []
+    assert reads == [everything] * (3 if not has_log else 2)
+
+    reads.clear()
+    doc = store.get("run_1")
+    store._replace({**doc, "path": "/elsewhere/run_1"})  # another folder took the id
+    delete(store, "run_2")
+    with caplog.at_level(logging.ERROR):
+        assert schedule() == ["run_2"]
+        assert any("'/elsewhere/run_1'" in e for e in errors(caplog))
+        assert schedule() == []
+        assert any("'/elsewhere/run_1'" in e for e in errors(caplog))  # every pass
+    assert store.get("run_2")["status"] == "pending"
+    if has_log:  # only what changed is read again; the foreign document every pass
+        assert reads == [["run_1", "run_2"], ["run_1", "run_2"]]
+
+
+def test_a_pass_on_a_fresh_store_costs_a_few_requests_whatever_the_runs(
+    couchdb_store: Callable[..., RunStore], config: Config
+) -> None:
+    for n in range(4, 200):
+        folder = config.sequencing_path / "B" / f"run_{n:03d}"
+        folder.mkdir(parents=True)
+        (folder / SENTINEL).write_text("0")
+    writer = couchdb_store()
+    assert len(schedule_pass(writer, config, worker_id="s:1").registered) == 199
+    for n in range(200, 300):
+        folder = config.sequencing_path / "B" / f"run_{n:03d}"
+        folder.mkdir(parents=True)
+        (folder / SENTINEL).write_text("0")
+
+    fresh = couchdb_store()  # a new process: knows nothing yet
+    before = fresh.request_count
+    assert len(schedule_pass(fresh, config, worker_id="s:2").registered) == 100
+    # changes feed, one read of all 299, one bulk insert, the processing view
+    assert fresh.request_count - before == 4
+    before = fresh.request_count
+    assert schedule_pass(fresh, config, worker_id="s:2").registered == []
+    assert fresh.request_count - before == 3  # changes, read of the 100 new, view
+    before = fresh.request_count
+    assert schedule_pass(fresh, config, worker_id="s:2").registered == []
+    assert fresh.request_count - before == 2  # changes, view
