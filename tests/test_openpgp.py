@@ -50,7 +50,7 @@ def sha256(data: bytes | bytearray | memoryview) -> str:
 
 
 def mdc_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("dfarchive-mdc")]
+    return [t for t in threading.enumerate() if t.name.startswith("dfarchive-sha1")]
 
 
 # -- hand-made messages (what gpg or a broken writer could send) ---------------------------

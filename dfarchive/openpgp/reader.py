@@ -19,7 +19,6 @@ from typing import BinaryIO
 from dfarchive.errors import Cancelled, CryptoError, IntegrityError, UnsupportedMessage
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.ciphers import CIPHERS, CfbDecryptor, CipherSpec, cfb_decrypt, cipher_spec
-from dfarchive.openpgp.mdc import MdcHash
 from dfarchive.openpgp.s2k import S2K
 from dfarchive.openpgp.streams import (
     EMPTY,
@@ -31,6 +30,7 @@ from dfarchive.openpgp.streams import (
     read_header,
     read_small_body,
 )
+from dfarchive.threadhash import ThreadedHash
 
 DEFAULT_READ_SIZE = 1 << 22
 PIECE_SIZE = 1 << 20
@@ -144,7 +144,7 @@ def decrypt(
     first = body.read_exact(PEEK_SIZE, "the encrypted data packet")
     chosen, spec, key = _choose_key(candidates, bytes(passphrase), first)
     literal = _Literal()
-    with MdcHash() as mdc:
+    with ThreadedHash("sha1") as mdc:
         plaintext = _PlaintextStream(body, spec, key, first, mdc, piece)
         _read_verified(plaintext, _Output(literal, sink, cancel), piece)
     if not src.at_end():
@@ -283,7 +283,7 @@ class _PlaintextStream:
         spec: CipherSpec,
         key: bytes,
         first: bytes,
-        mdc: MdcHash,
+        mdc: ThreadedHash,
         piece_size: int,
     ) -> None:
         self._body = body

@@ -22,8 +22,8 @@ from types import TracebackType
 from dfarchive.errors import CryptoError
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.ciphers import CfbEncryptor, cipher_spec
-from dfarchive.openpgp.mdc import MdcHash
 from dfarchive.openpgp.s2k import S2K, S2K_ITERATED
+from dfarchive.threadhash import ThreadedHash
 
 PASSPHRASE_TYPE = bytes
 
@@ -84,7 +84,7 @@ class SymmetricWriter:
         self._message_header: bytes | None = p.new_packet(p.TAG_SKESK, skesk) + bytes(
             (p.new_format_tag(p.TAG_SEIPD),)
         )
-        self._mdc = MdcHash()
+        self._mdc = ThreadedHash("sha1")
         self._cfb = CfbEncryptor(spec, key, max_piece=chunk_size + 1)
         # outer layer: [partial length octet][SEIPD body part][room for one block more];
         # the body starts with 0x01

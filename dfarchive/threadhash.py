@@ -1,0 +1,76 @@
+"""A hashlib hash fed on one helper thread, so hashing overlaps the caller's own work.
+
+hashlib releases the GIL on large buffers, so hashing a piece on a helper thread while
+the caller's thread encrypts, decrypts or parses it roughly hides the cost of the hash
+(the OpenPGP MDC's SHA-1, the tar stream's SHA-256). Pieces are hashed strictly in
+submission order (one worker, FIFO). A caller must keep a submitted buffer unchanged
+until :meth:`ThreadedHash.wait` for its ticket returns.
+
+``cryptography`` keeps the GIL during ``update``, so a helper woken just before such a
+call starts hashing only after it. Making :meth:`ThreadedHash.submit` wait until the
+helper is inside ``update`` was measured and costs more than it saves: with several
+helpers (the MDC, the tar stream's SHA-256, the writer) the caller then also waits
+whenever a helper is still busy with the previous piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+THREAD_THRESHOLD = 1 << 16
+"""Pieces smaller than this are hashed inline (a thread hand-off costs more)."""
+
+Ticket = Future[None] | None
+"""What :meth:`ThreadedHash.submit` returns: None when the piece was hashed inline."""
+
+
+class ThreadedHash:
+    """One hashlib hash over a stream of pieces. Use as a context manager or :meth:`close`."""
+
+    def __init__(self, algorithm: str, *, threaded: bool | None = None) -> None:
+        """``threaded``: use a helper thread for large pieces (default: if 2+ CPUs)."""
+        self._hash = hashlib.new(algorithm, usedforsecurity=False)
+        self._name = f"dfarchive-{algorithm}"
+        self._threaded = (os.cpu_count() or 1) > 1 if threaded is None else threaded
+        self._pool: ThreadPoolExecutor | None = None
+        self._last: Future[None] | None = None
+
+    def submit(self, piece: bytes | bytearray | memoryview) -> Ticket:
+        """Hash ``piece`` after everything submitted before; return a ticket to wait on."""
+        busy = self._last is not None and not self._last.done()
+        if not busy and (not self._threaded or len(piece) < THREAD_THRESHOLD):
+            self._hash.update(piece)
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._last = self._pool.submit(self._hash.update, piece)
+        return self._last
+
+    @staticmethod
+    def wait(ticket: Ticket) -> None:
+        """Return once the piece behind ``ticket`` has been hashed."""
+        if ticket is not None:
+            ticket.result()
+
+    def digest(self) -> bytes:
+        """The hash of everything submitted so far (waits for pending pieces)."""
+        self.wait(self._last)
+        return self._hash.digest()
+
+    def hexdigest(self) -> str:
+        """:meth:`digest` in hex."""
+        return self.digest().hex()
+
+    def close(self) -> None:
+        """Wait for pending pieces and stop the helper thread. Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> ThreadedHash:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
