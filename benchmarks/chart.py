@@ -25,7 +25,7 @@ GROUP_NAMES = {
     "sweep": "dfarchive tuning sweep (archive step)",
 }
 #: Not bars of their own: the same configuration on other data; a cost, not a pipeline.
-LEFT_OUT = ("dfarchive_small", "cost_hashes")
+LEFT_OUT = ("dfarchive_small", "cost_hashes", "cost_buffered_write")
 
 
 def _panel(ax: Any, cases: list[Mapping[str, Any]], title: str, legend: bool) -> None:

@@ -34,6 +34,7 @@ from benchmarks.context import CaseContext
 from benchmarks.outcome import Outcome, Phases
 from dfarchive import childproc
 from dfarchive.childproc import secret_pipe
+from dfarchive.directio import open_direct
 from dfarchive.engines import get_engine
 from dfarchive.engines.base import EncryptResult
 from dfarchive.gpgcli import symmetric_encrypt_command
@@ -105,7 +106,8 @@ def end_to_end(
 
 def _encrypt_to(path: Path, engine: str, run_path: Path, passphrase: bytes) -> EncryptResult:
     """The engine into a new file, fsynced (as the pipeline does before validating)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = open_direct(path, flags, 0o640, direct=ArchiveSettings.direct_io)
     try:
         result = get_engine(engine).encrypt(run_path, fd, passphrase)
         os.fsync(fd)

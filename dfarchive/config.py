@@ -62,6 +62,7 @@ class Config:
     engine: str = "inprocess"
     validate_with: str = "inprocess"
     validate_from_device: bool = False
+    direct_io: bool = True
     max_attempts: int = 3
     sentinel: str = ".metadata_rsync_exitcode"
     scan_interval: float = 30.0
@@ -85,6 +86,7 @@ TOP_KEYS = (
     "engine",
     "validate_with",
     "validate_from_device",
+    "direct_io",
     "max_attempts",
     "sentinel",
     "scan_interval",
@@ -153,6 +155,7 @@ def parse_config(
         engine=reader.choice(raw, "engine", ENGINES, default="inprocess"),
         validate_with=reader.choice(raw, "validate_with", VALIDATORS, default="inprocess"),
         validate_from_device=reader.boolean(raw, "validate_from_device", default=False),
+        direct_io=reader.boolean(raw, "direct_io", default=True),
         max_attempts=reader.integer(raw, "max_attempts", default=3, minimum=1),
         sentinel=reader.string(raw, "sentinel", default=".metadata_rsync_exitcode"),
         scan_interval=reader.number(raw, "scan_interval", default=30.0, minimum=0.1),

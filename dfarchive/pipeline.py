@@ -61,6 +61,7 @@ class ArchiveSettings:
     engine: str = "inprocess"
     validate_with: str = "inprocess"
     validate_from_device: bool = False
+    direct_io: bool = True
     gnupg_home: Path | None = None
 
     @classmethod
@@ -73,6 +74,7 @@ class ArchiveSettings:
             engine=config.engine,
             validate_with=config.validate_with,
             validate_from_device=config.validate_from_device,
+            direct_io=config.direct_io,
             gnupg_home=config.gnupg_home,
         )
 
@@ -247,7 +249,7 @@ def archive_run(
     with archive, key:
         result = engine.encrypt(
             run_path,
-            archive.open(),
+            archive.open(direct=settings.direct_io),
             passphrase,
             exclusions=settings.tar_exclusions,
             progress=_Throttled(progress, estimate),
@@ -262,12 +264,13 @@ def archive_run(
             result.archive_size,
             result.seconds,
         )
-        validate_archive(
+        archive_sha256 = validate_archive(
             archive.path,
             passphrase,
             result,
             method=settings.validate_with,
             from_device=settings.validate_from_device,
+            direct=settings.direct_io,
             cancel=cancel,
         )
         _check(cancel)
@@ -298,7 +301,7 @@ def archive_run(
     return {
         "file": str(final_archive),
         "size": result.archive_size,
-        "sha256": result.archive_sha256,
+        "sha256": archive_sha256,
         "plaintext_size": result.plaintext_size,
         "plaintext_sha256": result.plaintext_sha256,
         "members": result.members,

@@ -11,6 +11,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from dfarchive.directio import open_direct
+
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -40,12 +42,16 @@ class PartialFile:
         self.fd: int | None = None
         self.published = False
 
-    def open(self) -> int:
-        """Create the partial file and return its fd (write-only)."""
+    def open(self, *, direct: bool = False) -> int:
+        """Create the partial file and return its fd (write-only).
+
+        ``direct``: open it ``O_DIRECT`` if the filesystem allows (see
+        :mod:`dfarchive.directio`); the caller then writes aligned blocks.
+        """
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # only the claim holder writes this name: any copy is stale
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self.fd = os.open(self.path, flags, self.mode)
+        self.fd = open_direct(self.path, flags, self.mode, direct=direct)
         os.fchmod(self.fd, self.mode)  # the umask may have narrowed it; never widens past mode
         return self.fd
 

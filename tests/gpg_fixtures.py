@@ -235,11 +235,16 @@ def tar_by_hand(run: Path, exclusions: Sequence[str] = ()) -> bytes:
     return subprocess.run(command, capture_output=True, check=True, timeout=120).stdout
 
 
-def encrypt_to_file(engine: str, run: Path, out: Path, passphrase: bytes, **kwargs: Any) -> Any:
-    """Run engine ``engine`` into ``out`` the way the pipeline does; return its result."""
+def encrypt_to_file(
+    engine: str, run: Path, out: Path, passphrase: bytes, *, direct: bool = True, **kwargs: Any
+) -> Any:
+    """Run engine ``engine`` into ``out`` the way the pipeline does (direct I/O unless
+    ``direct`` is false); return its result."""
+    from dfarchive.directio import open_direct
     from dfarchive.engines import get_engine
 
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = open_direct(out, flags, 0o640, direct=direct)
     try:
         result = get_engine(engine).encrypt(run, fd, passphrase, **kwargs)
         os.fsync(fd)

@@ -16,7 +16,8 @@ class EncryptResult:
     Attributes:
         engine: the engine's name (``"inprocess"`` or ``"gpg"``).
         plaintext_size, plaintext_sha256: length and hex SHA-256 of the tar stream.
-        archive_size, archive_sha256: length and hex SHA-256 of the ``.tar.gpg`` bytes.
+        archive_size: length of the ``.tar.gpg`` bytes (their SHA-256 is taken when
+            validation reads them back: :func:`~dfarchive.validate.validate_archive`).
         members, members_sha256: the :class:`~dfarchive.tarindex.TarSummary` of the tar
             stream (member count, hex SHA-256 of the ordered member names).
         seconds: wall-clock time the engine took.
@@ -28,7 +29,6 @@ class EncryptResult:
     plaintext_size: int
     plaintext_sha256: str
     archive_size: int
-    archive_sha256: str
     members: int
     members_sha256: str
     seconds: float

@@ -1,20 +1,18 @@
-"""Measuring the two streams an engine produces while they flow.
+"""Measuring the tar stream while it flows to the encryption: :class:`PlaintextTap`.
 
-:class:`PlaintextTap` watches the tar stream (length, SHA-256, tar headers, progress);
-:class:`ArchiveOutput` writes the encrypted bytes to the output file descriptor while
-counting and hashing them.
+(The encrypted stream is measured by :class:`~dfarchive.engines.output.ArchiveOutput`
+as it writes it.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
 
-from dfarchive.childproc import write_all
 from dfarchive.errors import ToolError, ValidationError
 from dfarchive.tarindex import TarIndex, TarSummary
+from dfarchive.threadhash import ThreadedHash, Ticket
 
 PROGRESS_INTERVAL = 1.0
 """Least number of seconds between two progress reports."""
@@ -25,24 +23,37 @@ class PlaintextTap:
 
     ``progress`` is called with the bytes so far on the first chunk, then at most once
     every ``PROGRESS_INTERVAL`` seconds, and once more by :meth:`finish`.
+
+    With ``threaded``, SHA-256 runs on a helper thread while the caller goes on (the
+    caller keeps each chunk unchanged until its ticket is waited for, see
+    :meth:`update`); use the tap as a context manager then, to stop the helper.
     """
 
-    def __init__(self, what: str, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        progress: Callable[[int], None] | None = None,
+        *,
+        threaded: bool = False,
+    ) -> None:
         self.what = what  # names the run in error messages
         self.size = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = ThreadedHash("sha256", threaded=threaded)
         self._index = TarIndex()
         self._progress = progress
         self._next_report = 0.0  # the first chunk is reported at once
 
-    def update(self, chunk: bytes | memoryview) -> None:
+    def update(self, chunk: bytes | memoryview) -> Ticket:
         """Account for the next chunk of the tar stream.
+
+        Returns a ticket for :meth:`wait`; until then ``chunk`` may still be being hashed
+        (always None, done, when not ``threaded``).
 
         Raises:
             ToolError: tar wrote a corrupt header, or a device file's.
         """
         self.size += len(chunk)
-        self._sha256.update(chunk)
+        ticket = self._sha256.submit(chunk)
         try:
             self._index.feed(chunk)
         except ValidationError as exc:
@@ -56,6 +67,9 @@ class PlaintextTap:
         if self._progress is not None and time.monotonic() >= self._next_report:
             self._next_report = time.monotonic() + PROGRESS_INTERVAL
             self._progress(self.size)
+        return ticket
+
+    wait = staticmethod(ThreadedHash.wait)
 
     @property
     def directories(self) -> frozenset[bytes]:
@@ -75,23 +89,12 @@ class PlaintextTap:
             raise ToolError(f"{self.what}: tar output ended without the end-of-archive marker")
         return self._sha256.hexdigest(), summary
 
+    def close(self) -> None:
+        """Stop the hashing thread (waits for it). Idempotent."""
+        self._sha256.close()
 
-class ArchiveOutput:
-    """Writes encrypted bytes to ``out_fd``, counting and hashing them.
+    def __enter__(self) -> PlaintextTap:
+        return self
 
-    Usable directly as the ``sink`` of :class:`~dfarchive.openpgp.SymmetricWriter`.
-    """
-
-    def __init__(self, out_fd: int) -> None:
-        self.size = 0
-        self._fd = out_fd
-        self._sha256 = hashlib.sha256()
-
-    def __call__(self, data: bytes | memoryview) -> None:
-        """Write all of ``data``. Raises OSError if the file cannot take it."""
-        self._sha256.update(data)
-        write_all(self._fd, data)
-        self.size += len(data)
-
-    def hexdigest(self) -> str:
-        return self._sha256.hexdigest()
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,161 @@
+"""Direct I/O edges on real files: the archive writer (ArchiveOutput) and the read-ahead
+reader validation uses (ReadAhead, with its SHA-256) move exactly the bytes they are
+given, with and without O_DIRECT, at every alignment; errors reach the caller unchanged."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+
+import pytest
+
+from dfarchive.directio import DIRECT_ALIGNMENT, ReadAhead, open_direct
+from dfarchive.engines.output import ArchiveOutput
+from dfarchive.errors import Cancelled
+
+BLOCK = 4 * DIRECT_ALIGNMENT
+SIZES = [0, 1, DIRECT_ALIGNMENT - 1, DIRECT_ALIGNMENT, BLOCK - 1, BLOCK, BLOCK + 1,
+         3 * BLOCK, 5 * BLOCK + DIRECT_ALIGNMENT + 17]  # fmt: skip
+WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_the_test_filesystem_takes_direct_io(tmp_path):
+    """Guards the rest: on a filesystem without O_DIRECT these tests would only cover
+    the fallback."""
+    fd = open_direct(tmp_path / "probe", WRITE_FLAGS, 0o600)
+    try:
+        assert is_direct(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("piece", [1000, BLOCK + 7])
+def test_archive_output_writes_exactly_the_bytes_given(tmp_path, direct, size, piece):
+    data = os.urandom(size)
+    path = tmp_path / "out"
+    fd = open_direct(path, WRITE_FLAGS, 0o600, direct=direct)
+    try:
+        with ArchiveOutput(fd, block_size=BLOCK) as output:
+            for part in pieces(data, piece):
+                output(bytearray(part))
+        # a whole number of aligned blocks keeps O_DIRECT on; an unaligned tail ends it
+        assert is_direct(fd) == (direct and size % DIRECT_ALIGNMENT == 0)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    assert output.size == size
+
+
+def test_archive_output_copies_what_it_is_given(tmp_path):
+    """The caller may reuse its buffer as soon as the call returns."""
+    path = tmp_path / "out"
+    buffer = bytearray(BLOCK // 2)
+    expected = bytearray()
+    fd = open_direct(path, WRITE_FLAGS, 0o600)
+    try:
+        with ArchiveOutput(fd, block_size=BLOCK) as output:
+            for i in range(9):
+                buffer[:] = bytes([i]) * len(buffer)
+                output(buffer)
+                expected += buffer
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == expected
+
+
+def test_a_full_device_is_raised_unchanged():
+    fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        output = ArchiveOutput(fd, block_size=BLOCK)
+        with pytest.raises(OSError) as caught:  # by a later call or by close
+            for _ in range(10):
+                output(bytes(BLOCK))
+            output.close()
+        assert caught.value.errno == errno.ENOSPC
+        output.abort()  # idempotent after a failure
+    finally:
+        os.close(fd)
+
+
+def test_abort_drops_what_is_queued_and_stops_the_writer(tmp_path):
+    path = tmp_path / "out"
+    fd = open_direct(path, WRITE_FLAGS, 0o600)
+    try:
+        with pytest.raises(RuntimeError), ArchiveOutput(fd, block_size=BLOCK) as output:
+            output(bytes(BLOCK // 2))
+            raise RuntimeError("engine failed")
+    finally:
+        os.close(fd)
+    assert not any(t.name == "dfarchive-write" and t.is_alive() for t in threading.enumerate())
+    assert path.stat().st_size == 0  # the half block never went out
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("ask", [-1, 1000, BLOCK])
+def test_read_ahead_returns_the_file_exactly(tmp_path, direct, size, ask):
+    data = os.urandom(size)
+    path = tmp_path / "in"
+    path.write_bytes(data)
+    fd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC, 0, direct=direct)
+    got = bytearray()
+    try:
+        with ReadAhead(fd, block_size=BLOCK, digest="sha256") as reader:
+            while view := reader.read(ask):
+                assert len(view) <= (BLOCK if ask < 0 else ask)
+                got += view
+            assert reader.read(ask) == b""  # stays at the end
+            assert reader.size == size
+            assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
+    assert got == data
+
+
+def test_read_ahead_stops_early_without_reading_the_rest(tmp_path):
+    path = tmp_path / "in"
+    path.write_bytes(os.urandom(20 * BLOCK))
+    fd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC, 0)
+    try:
+        with ReadAhead(fd, block_size=BLOCK, blocks=2, digest="sha256") as reader:
+            assert len(reader.read(10)) == 10
+            with pytest.raises(ValueError, match="not read to its end"):
+                reader.hexdigest()
+        assert os.lseek(fd, 0, os.SEEK_CUR) <= 3 * BLOCK  # at most the blocks in flight
+    finally:
+        os.close(fd)
+    assert not any(t.name == "dfarchive-read" and t.is_alive() for t in threading.enumerate())
+
+
+def test_read_ahead_raises_read_errors_and_cancel(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with ReadAhead(fd, block_size=BLOCK) as reader, pytest.raises(IsADirectoryError):
+            reader.read()
+    finally:
+        os.close(fd)
+    path = tmp_path / "in"
+    path.write_bytes(bytes(3 * BLOCK))
+    cancel = threading.Event()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with ReadAhead(fd, block_size=BLOCK, cancel=cancel) as reader:
+            assert reader.read(BLOCK)
+            cancel.set()
+            with pytest.raises(Cancelled):
+                reader.read(BLOCK)
+    finally:
+        os.close(fd)
