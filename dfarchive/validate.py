@@ -31,11 +31,12 @@ import threading
 from pathlib import Path
 
 from dfarchive.childproc import Child, pump, secret_pipe
-from dfarchive.directio import ReadAhead, open_direct
+from dfarchive.directio import open_direct
 from dfarchive.engines.base import EncryptResult
 from dfarchive.errors import CryptoError, ValidationError
 from dfarchive.gpgcli import status_keywords, symmetric_decrypt_command
 from dfarchive.openpgp import decrypt
+from dfarchive.readahead import ReadAhead
 from dfarchive.tarindex import TarIndex
 
 VALIDATION_METHODS = ("inprocess", "gpg")

@@ -1,20 +1,18 @@
-"""Direct I/O edges on real files: the archive writer (ArchiveOutput) and the read-ahead
-reader validation uses (ReadAhead, with its SHA-256) move exactly the bytes they are
-given, with and without O_DIRECT, at every alignment; errors reach the caller unchanged."""
+"""Direct I/O on real files: the archive writer (ArchiveOutput) writes exactly the bytes
+it is given, with and without O_DIRECT, at every alignment; errors reach the caller
+unchanged."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import threading
 
 import pytest
 
-from dfarchive.directio import DIRECT_ALIGNMENT, ReadAhead, open_direct
+from dfarchive.directio import DIRECT_ALIGNMENT, open_direct
 from dfarchive.engines.output import ArchiveOutput
-from dfarchive.errors import Cancelled
 
 BLOCK = 4 * DIRECT_ALIGNMENT
 SIZES = [0, 1, DIRECT_ALIGNMENT - 1, DIRECT_ALIGNMENT, BLOCK - 1, BLOCK, BLOCK + 1,
@@ -101,61 +99,3 @@ def test_abort_drops_what_is_queued_and_stops_the_writer(tmp_path):
         os.close(fd)
     assert not any(t.name == "dfarchive-write" and t.is_alive() for t in threading.enumerate())
     assert path.stat().st_size == 0  # the half block never went out
-
-
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("ask", [-1, 1000, BLOCK])
-def test_read_ahead_returns_the_file_exactly(tmp_path, direct, size, ask):
-    data = os.urandom(size)
-    path = tmp_path / "in"
-    path.write_bytes(data)
-    fd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC, 0, direct=direct)
-    got = bytearray()
-    try:
-        with ReadAhead(fd, block_size=BLOCK, digest="sha256") as reader:
-            while view := reader.read(ask):
-                assert len(view) <= (BLOCK if ask < 0 else ask)
-                got += view
-            assert reader.read(ask) == b""  # stays at the end
-            assert reader.size == size
-            assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
-    finally:
-        os.close(fd)
-    assert got == data
-
-
-def test_read_ahead_stops_early_without_reading_the_rest(tmp_path):
-    path = tmp_path / "in"
-    path.write_bytes(os.urandom(20 * BLOCK))
-    fd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC, 0)
-    try:
-        with ReadAhead(fd, block_size=BLOCK, blocks=2, digest="sha256") as reader:
-            assert len(reader.read(10)) == 10
-            with pytest.raises(ValueError, match="not read to its end"):
-                reader.hexdigest()
-        assert os.lseek(fd, 0, os.SEEK_CUR) <= 3 * BLOCK  # at most the blocks in flight
-    finally:
-        os.close(fd)
-    assert not any(t.name == "dfarchive-read" and t.is_alive() for t in threading.enumerate())
-
-
-def test_read_ahead_raises_read_errors_and_cancel(tmp_path):
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with ReadAhead(fd, block_size=BLOCK) as reader, pytest.raises(IsADirectoryError):
-            reader.read()
-    finally:
-        os.close(fd)
-    path = tmp_path / "in"
-    path.write_bytes(bytes(3 * BLOCK))
-    cancel = threading.Event()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with ReadAhead(fd, block_size=BLOCK, cancel=cancel) as reader:
-            assert reader.read(BLOCK)
-            cancel.set()
-            with pytest.raises(Cancelled):
-                reader.read(BLOCK)
-    finally:
-        os.close(fd)
