@@ -6,6 +6,7 @@ The gpg interoperability tests (both directions) are in ``test_openpgp_interop.p
 from __future__ import annotations
 
 import bz2
+import functools
 import hashlib
 import io
 import itertools
@@ -27,12 +28,13 @@ from dfarchive.errors import Cancelled, CryptoError, IntegrityError, Unsupported
 from dfarchive.openpgp import (
     DecryptResult,
     SymmetricWriter,
+    ciphers,
     decrypt,
     decrypt_bytes,
     encrypt_bytes,
 )
 from dfarchive.openpgp import packets as p
-from dfarchive.openpgp.ciphers import CIPHERS, CfbDecryptor, CfbEncryptor, cfb_encrypt
+from dfarchive.openpgp.ciphers import CIPHERS, cfb_encrypt
 from dfarchive.openpgp.s2k import S2K, S2K_ITERATED, S2K_SALTED, S2K_SIMPLE, decode_count
 
 PASSPHRASE = b"0123456789abcdef" * 4
@@ -121,6 +123,16 @@ class ReadOnly:
 # -- CFB ---------------------------------------------------------------------------------
 
 
+CFB_IMPLEMENTATIONS = {
+    "constructed": (ciphers._ConstructedCfbEncryptor, ciphers._ConstructedCfbDecryptor),
+    "native": (
+        functools.partial(ciphers._NativeCfb, encrypt=True),
+        functools.partial(ciphers._NativeCfb, encrypt=False),
+    ),
+    "chosen": (ciphers.cfb_encryptor, ciphers.cfb_decryptor),
+}
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     algo=st.sampled_from(sorted(CIPHERS)),
@@ -128,8 +140,9 @@ class ReadOnly:
     cuts=st.lists(st.integers(0, 700), max_size=6),
     seed=st.integers(0, 2**32),
 )
+@pytest.mark.parametrize("implementation", sorted(CFB_IMPLEMENTATIONS))
 def test_cfb_matches_cryptography_cfb_for_any_split(
-    algo: int, size: int, cuts: list[int], seed: int
+    implementation: str, algo: int, size: int, cuts: list[int], seed: int
 ) -> None:
     spec = CIPHERS[algo]
     rng = random.Random(seed)
@@ -137,8 +150,9 @@ def test_cfb_matches_cryptography_cfb_for_any_split(
     expected = Cipher(spec.factory(key), CFB(bytes(spec.block_size))).encryptor().update(data)
     bounds = [0, *sorted(c for c in cuts if c <= size), size]
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    enc = CfbEncryptor(spec, key, max_piece=size)
-    dec = CfbDecryptor(spec, key, max_piece=size)
+    encryptor, decryptor = CFB_IMPLEMENTATIONS[implementation]
+    enc = encryptor(spec, key, max_piece=size)
+    dec = decryptor(spec, key, max_piece=size)
     scratch = memoryview(bytearray(size + 2 * spec.block_size))
     ciphertext, plaintext = bytearray(), bytearray()
     for piece in pieces:
@@ -151,6 +165,17 @@ def test_cfb_matches_cryptography_cfb_for_any_split(
         pos += len(piece)
     plaintext += dec.finalize()
     assert bytes(plaintext) == data
+
+
+def test_the_chosen_cfb_is_the_faster_one_and_chosen_once() -> None:
+    """Only AES may use OpenSSL's CFB, and each direction is measured once per process."""
+    aes, cast5 = CIPHERS[p.CIPHER_AES256], CIPHERS[p.CIPHER_CAST5]
+    for encrypt, factory in ((True, ciphers.cfb_encryptor), (False, ciphers.cfb_decryptor)):
+        native = ciphers._native_is_faster(encrypt)
+        chosen = factory(aes, bytes(32), 16)
+        assert isinstance(chosen, ciphers._NativeCfb) == native
+        assert not isinstance(factory(cast5, bytes(16), 16), ciphers._NativeCfb)
+    assert ciphers._native_is_faster.cache_info().currsize == 2
 
 
 # -- S2K ---------------------------------------------------------------------------------

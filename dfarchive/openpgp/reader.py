@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from dfarchive.errors import Cancelled, CryptoError, IntegrityError, UnsupportedMessage
 from dfarchive.openpgp import packets as p
-from dfarchive.openpgp.ciphers import CIPHERS, CfbDecryptor, CipherSpec, cfb_decrypt, cipher_spec
+from dfarchive.openpgp.ciphers import CIPHERS, CipherSpec, cfb_decrypt, cfb_decryptor, cipher_spec
 from dfarchive.openpgp.s2k import S2K
 from dfarchive.openpgp.streams import (
     EMPTY,
@@ -287,7 +287,7 @@ class _PlaintextStream:
         piece_size: int,
     ) -> None:
         self._body = body
-        self._cfb = CfbDecryptor(spec, key, max_piece=piece_size)
+        self._cfb = cfb_decryptor(spec, key, max_piece=piece_size)
         self._pending: bytes | None = first
         self._skip = spec.block_size + 2
         self._held = b""

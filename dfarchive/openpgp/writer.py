@@ -21,7 +21,7 @@ from types import TracebackType
 
 from dfarchive.errors import CryptoError
 from dfarchive.openpgp import packets as p
-from dfarchive.openpgp.ciphers import CfbEncryptor, cipher_spec
+from dfarchive.openpgp.ciphers import cfb_encryptor, cipher_spec
 from dfarchive.openpgp.s2k import S2K, S2K_ITERATED
 from dfarchive.threadhash import ThreadedHash
 
@@ -85,7 +85,7 @@ class SymmetricWriter:
             (p.new_format_tag(p.TAG_SEIPD),)
         )
         self._mdc = ThreadedHash("sha1")
-        self._cfb = CfbEncryptor(spec, key, max_piece=chunk_size + 1)
+        self._cfb = cfb_encryptor(spec, key, max_piece=chunk_size + 1)
         # outer layer: [partial length octet][SEIPD body part][room for one block more];
         # the body starts with 0x01
         self._part_capacity = 1 + chunk_size
