@@ -19,7 +19,7 @@ ones, and hashing them again would cost a full pass.
 
 The in-process method reads with direct I/O when asked (:mod:`dfarchive.directio`):
 the bytes then come from the device, and reading them costs no page-cache CPU; a
-read-ahead thread keeps the device busy and takes the SHA-256 meanwhile.
+read-ahead thread keeps the device busy and a helper takes the SHA-256 meanwhile.
 """
 
 from __future__ import annotations

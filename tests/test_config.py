@@ -11,6 +11,7 @@ import pytest
 
 from dfarchive.config import Config, config_path, load_config
 from dfarchive.errors import ConfigError
+from dfarchive.pipeline import ArchiveSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,7 @@ def test_original_tool_config_is_accepted_unchanged(tmp_path, dirs):
     # defaults of the added keys
     assert config.keys_path == Path("~/run_keys").expanduser()
     assert (config.engine, config.max_attempts, config.concurrency) == ("inprocess", 3, 2)
+    assert config.direct_io is True
     assert (config.scan_interval, config.lease_seconds) == (30.0, 300.0)
     assert config.sentinel == ".metadata_rsync_exitcode"
     assert config.broker_url is None
@@ -97,6 +99,7 @@ def test_sqlite_url_and_relative_paths_resolve_next_to_the_file(tmp_path, dirs):
         gpg_receiver: archive@example.org
         broker_url: amqp://guest:guest@127.0.0.1:5672/
         engine: gpg
+        direct_io: false
         """,
     )
     config = load_config(path, environ={})
@@ -104,6 +107,7 @@ def test_sqlite_url_and_relative_paths_resolve_next_to_the_file(tmp_path, dirs):
     assert config.sequencing_path == dirs["seq"]
     assert config.keys_path == dirs["keys"]
     assert config.engine == "gpg"
+    assert ArchiveSettings.from_config(config).direct_io is False
     assert "guest:guest" not in repr(config)
 
 

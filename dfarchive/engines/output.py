@@ -35,6 +35,7 @@ BLOCK_SIZE = 4 << 20
 BLOCKS = 3
 """Blocks in flight: one being filled, up to two queued for or in the writer thread."""
 
+
 class ArchiveOutput:
     """Writes the bytes it is called with to ``out_fd``, counting them.
 
