@@ -67,6 +67,21 @@ class CouchServer:
             "password": self.password,
         }
 
+    def facility_config(
+        self, database: str, root: Path, gpg_receiver: str, **extra: Any
+    ) -> dict[str, Any]:
+        """A whole configuration for a test facility under ``root`` (``seq``,
+        ``archives``, ``keys``) whose status database is ``database`` on this server;
+        ``extra`` adds or overrides keys."""
+        return {
+            "statusdb": self.statusdb(database),
+            "sequencing_path": str(root / "seq"),
+            "destination_path": str(root / "archives"),
+            "keys_path": str(root / "keys"),
+            "gpg_receiver": gpg_receiver,
+            **extra,
+        }
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, username={self.username!r})"
 

@@ -35,17 +35,15 @@ def test_no_secret_in_logs_stderr_or_stdout(tmp_path, couchdb_server, couchdb_da
         gone = NewRun("run_gone", str(tmp_path / "seq" / "seqA" / "run_gone"), "seqA")
         store.register_many([gone], worker_id="test")
     log_file = tmp_path / "dataflow_archive.log"
-    settings = {
-        "statusdb": couchdb_server.statusdb(couchdb_database),
-        "sequencing_path": str(tmp_path / "seq"),
-        "destination_path": str(tmp_path / "archives"),
-        "keys_path": str(tmp_path / "keys"),
-        "gpg_receiver": gnupg_home.fingerprint,
-        "log_file": str(log_file),
-        "log_level": "DEBUG",
-        "max_attempts": 1,
-        "scan_interval": 0.5,
-    }
+    settings = couchdb_server.facility_config(
+        couchdb_database,
+        tmp_path,
+        gnupg_home.fingerprint,
+        log_file=str(log_file),
+        log_level="DEBUG",
+        max_attempts=1,
+        scan_interval=0.5,
+    )
     config = tmp_path / "df_archive.yaml"
     config.write_text(yaml.safe_dump(settings))
     outputs: list[str] = []

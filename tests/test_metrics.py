@@ -143,15 +143,9 @@ def test_workers_and_scheduler_serve_their_metrics(
     for name in ("seq/seqA", "archives", "keys", "prom"):
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
     (tmp_path / "keys").chmod(0o700)
-    settings = {
-        "statusdb": couchdb_server.statusdb(couchdb_database),
-        "sequencing_path": str(tmp_path / "seq"),
-        "destination_path": str(tmp_path / "archives"),
-        "keys_path": str(tmp_path / "keys"),
-        "gpg_receiver": gnupg_home.fingerprint,
-        "broker_url": amqp_url,
-        "scan_interval": 0.5,
-    }
+    settings = couchdb_server.facility_config(
+        couchdb_database, tmp_path, gnupg_home.fingerprint, broker_url=amqp_url, scan_interval=0.5
+    )
     config = tmp_path / "worker.yaml"
     config.write_text(yaml.safe_dump({**settings, "metrics_port": port}))
     scheduler_port = free_port()  # same host: the scheduler needs a port of its own

@@ -36,20 +36,10 @@ class Deployment:
             (tmp_path / name).mkdir(parents=True, exist_ok=True)
         (tmp_path / "keys").chmod(0o700)
         self.config = tmp_path / "df_archive.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "statusdb": couchdb_server.statusdb(database),
-                    "sequencing_path": str(tmp_path / "seq"),
-                    "destination_path": str(tmp_path / "archives"),
-                    "keys_path": str(tmp_path / "keys"),
-                    "gpg_receiver": gnupg_home.fingerprint,
-                    "broker_url": amqp_url,
-                    "scan_interval": 0.5,
-                    **extra,
-                }
-            )
+        settings = couchdb_server.facility_config(
+            database, tmp_path, gnupg_home.fingerprint, broker_url=amqp_url, scan_interval=0.5
         )
+        self.config.write_text(yaml.safe_dump({**settings, **extra}))
         self.store = couchdb_server.store(database=database)
         self.store.setup()
         self.processes: list[subprocess.Popen] = []
