@@ -8,7 +8,9 @@ and fills the free slots.
 Stopping follows the original tool: :meth:`LocalArchiver.stop` (first Ctrl+C,
 SIGTERM) takes nothing new and lets the runs in progress finish;
 :meth:`LocalArchiver.stop_now` (second Ctrl+C) cancels them: children stopped,
-partial files removed, runs released to pending uncounted.
+partial files removed, runs released to pending uncounted. Both are called from
+signal handlers, so they only set lock-free events (:mod:`dfarchive.sigsafe`); the
+loop on the main thread does the rest, logging included.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import runstate
 from .attempt import AttemptObserver, Outcome, attempt_run
 from .errors import StoreUnavailable
 from .scheduler import schedule_pass
+from .sigsafe import SignalSafeEvent
 from .startup import Runtime
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,9 @@ class LocalArchiver:
         self.outcomes: dict[str, Outcome] = {}
         self._started = 0  # attempts submitted so far
         self._deferred_until: dict[str, float] = {}  # no space: wait a scan interval
-        self.stopping = threading.Event()
-        self.immediate = threading.Event()
-        self._wakeup = threading.Event()
+        self.stopping = SignalSafeEvent()
+        self.immediate = SignalSafeEvent()
+        self._wakeup = SignalSafeEvent()
         # Re-entrant: a run that ends before add_done_callback() is reached (a skipped
         # claim takes milliseconds) has _done() called at once, inside _pass()'s lock.
         self._lock = threading.RLock()
@@ -54,7 +57,7 @@ class LocalArchiver:
             max_workers=self.config.concurrency, thread_name_prefix="archive"
         )
 
-    # -- control (called from signal handlers: only set events) ------------------
+    # -- control (called from signal handlers: set lock-free events, nothing else) -----
 
     def stop(self) -> None:
         """Graceful: take no new runs, finish those in progress."""
@@ -64,11 +67,7 @@ class LocalArchiver:
     def stop_now(self) -> None:
         """Immediate: cancel the runs in progress (released uncounted)."""
         self.immediate.set()
-        self.stopping.set()
-        with self._lock:
-            for active in self.active.values():
-                active.cancel.set()
-        self._wakeup.set()
+        self.stop()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -116,8 +115,6 @@ class LocalArchiver:
 
     def _start(self, run_id: str) -> None:
         cancel = threading.Event()
-        if self.immediate.is_set():
-            return
         future = self._pool.submit(
             attempt_run,
             self.runtime.store,
@@ -145,17 +142,22 @@ class LocalArchiver:
         self._wakeup.set()
 
     def _drain(self) -> None:
-        """Wait for the runs in progress (cancelled ones release themselves)."""
+        """Wait for the runs in progress; cancel them once :meth:`stop_now` is called."""
+        cancelled = False
+        with self._lock:
+            if self.stopping.is_set() and not self.immediate.is_set():
+                log.warning(
+                    "stopping: finishing %d run(s) in progress (Ctrl+C again to stop now)",
+                    len(self.active),
+                )
         while True:
             with self._lock:
-                futures = [active.future for active in self.active.values()]
-            if not futures:
-                return
-            if self.immediate.is_set():
-                log.warning("stopping now: cancelling %d run(s) in progress", len(futures))
-            else:
-                log.info("finishing %d run(s) in progress before exiting", len(futures))
-            for future in futures:
-                while not future.done():
-                    self._wakeup.wait(0.5)
-                    self._wakeup.clear()
+                if not self.active:
+                    return
+                if self.immediate.is_set() and not cancelled:
+                    log.warning("stopping now: cancelling %d run(s) in progress", len(self.active))
+                    for active in self.active.values():
+                        active.cancel.set()
+                    cancelled = True
+            self._wakeup.wait(1.0)  # a run ending, stop_now(), or a look every second
+            self._wakeup.clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from .config import Config
 from .errors import DfArchiveError, StoreUnavailable
 from .runstate import RunDocument
 from .scan import scan_runs
+from .sigsafe import SignalSafeEvent
 from .store.base import NewRun, RunStore
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,12 @@ def _archivable(run: NewRun, doc: RunDocument) -> bool:
 
 
 def run_scheduler(
-    config: Config, *, once: bool = False, stop: threading.Event | None = None
+    config: Config, *, once: bool = False, stop: SignalSafeEvent | None = None
 ) -> int:
-    """``dfarchive scheduler``: schedule passes every ``scan_interval`` until stopped."""
+    """``dfarchive scheduler``: schedule passes every ``scan_interval`` until stopped.
+
+    ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
+    """
     from .messaging import BrokerError, broker_url, check_broker, enqueue_archive, make_broker
     from .startup import StartupError, open_checked_store, worker_id
 
@@ -162,7 +165,7 @@ def run_scheduler(
         broker.close()
         store.close()
         raise StartupError(f"{config.source}: broker_url: {error}") from None
-    stop = stop or threading.Event()
+    stop = stop or SignalSafeEvent()
     me = worker_id()
     try:
         while True:

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -31,6 +30,7 @@ from ..messaging import broker_url
 from ..metrics import scheduler_metrics, serve_metrics
 from ..progress_view import TerminalProgress, wants_progress
 from ..scheduler import run_scheduler
+from ..sigsafe import SignalSafeEvent
 from ..startup import Runtime, prepare
 from ..store import RunStore
 from .common import (
@@ -63,7 +63,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
-    """First SIGINT/SIGTERM → ``on_first``; a second SIGINT → ``on_second``."""
+    """First SIGINT/SIGTERM → ``on_first``; a second SIGINT → ``on_second``.
+
+    Both run inside the signal handler, perhaps nested in the other one, so they must
+    take no lock: set :class:`~dfarchive.sigsafe.SignalSafeEvent` s, no logging.
+    """
     received: list[int] = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -86,7 +90,7 @@ def _main() -> int:
     config = load(args)
     with contextlib.ExitStack() as cleanup:
         if broker_url(config.broker_url):
-            stop = threading.Event()
+            stop = SignalSafeEvent()
             install_signal_handlers(stop.set, stop.set)
             cleanup.enter_context(scheduler_metrics(config))
             return run_scheduler(config, once=args.once, stop=stop)
@@ -116,16 +120,7 @@ def _start_metrics(
 def _archive_here(runtime: Runtime, observers: list[AttemptObserver], *, once: bool) -> int:
     """Scan, claim and archive on this host until stopped (or one pass with ``once``)."""
     archiver = LocalArchiver(runtime, observers=observers)
-
-    def graceful() -> None:
-        log.warning("stopping: finishing runs in progress (Ctrl+C again to stop now)")
-        archiver.stop()
-
-    def immediate() -> None:
-        log.warning("stopping now: cancelling runs in progress")
-        archiver.stop_now()
-
-    install_signal_handlers(graceful, immediate)
+    install_signal_handlers(archiver.stop, archiver.stop_now)
     all_encrypted = archiver.run(once=once)
     if archiver.immediate.is_set():
         return EXIT_INTERRUPTED

@@ -47,7 +47,6 @@ import shutil
 import signal
 import stat
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -401,9 +400,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     """The scheduling loop; the first SIGINT/SIGTERM stops it after the current pass."""
     from ..metrics import scheduler_metrics
     from ..scheduler import run_scheduler
+    from ..sigsafe import SignalSafeEvent
 
     config = load(args)
-    stop = threading.Event()
+    stop = SignalSafeEvent()
 
     def graceful(signum: int, frame: FrameType | None) -> None:
         stop.set()
