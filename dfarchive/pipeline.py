@@ -1,9 +1,10 @@
 """Archive one run folder end to end.
 
-pre-flight → tar + encrypt to ``<run>.tar.gpg.partial`` → fsync → validate (decrypt,
-MDC, length, tar headers) → wrap the run key to the recipient into
-``<run>.key.gpg.partial`` → last check that we may publish → rename both into place →
-fsync the directories → the archive record.
+pre-flight (stamping the folder's entries) → tar + encrypt to ``<run>.tar.gpg.partial``
+→ fsync → validate (decrypt, MDC, length, tar headers) → wrap the run key to the
+recipient into ``<run>.key.gpg.partial`` → last checks that we may publish (the folder
+is as tar saw it, the claim is still ours) → rename both into place → fsync the
+directories → the archive record.
 
 Any failure or cancellation removes every partial file; a file under its final name
 is always complete and validated. The run key exists only in this process's memory
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +27,8 @@ from typing import Any
 
 from .config import Config
 from .engines import get_engine
-from .errors import Cancelled, OutOfSpace, PreflightError, ToolError
+from .errors import Cancelled, OutOfSpace, PreflightError
+from .folderstamps import Stamps, check_unchanged, stamp_folder
 from .keys import Recipient, new_run_key, wrap_key
 from .publish import PartialFile, fsync_directory
 from .validate import validate_archive
@@ -45,9 +48,6 @@ TAR_ENTRY_OVERHEAD = 1024
 PROGRESS_INTERVAL = 1.0
 
 Progress = Callable[[int, int], None]
-#: A directory's identity and listing state: (inode, mtime_ns, ctime_ns). Adding,
-#: removing or renaming an entry changes its mtime and ctime.
-DirectoryStamps = dict[bytes, tuple[int, int, int]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,72 +87,15 @@ def key_path(settings: ArchiveSettings, run_id: str) -> Path:
     return settings.keys_path / f"{run_id}{KEY_SUFFIX}"
 
 
-def estimate_tar_size(run_path: Path, stamps: DirectoryStamps | None = None) -> int:
-    """Bytes tar will roughly produce (file sizes + per-entry overhead).
+def estimate_tar_size(stamps: Stamps) -> int:
+    """Bytes tar will roughly produce for the stamped entries (sizes + per-entry overhead).
 
-    Exclusions are not applied: an upper bound is what the space check wants. With
-    ``stamps``, the walk also records every directory's stamps, keyed by its tar member
-    name (see :func:`check_unchanged`).
-    Raises PreflightError if the folder can't be walked.
+    Exclusions are not applied: an upper bound is what the space check wants.
     """
-    total = 0
-
-    def fail(error: OSError) -> None:
-        raise PreflightError(f"cannot read run folder {run_path}: {error}")
-
-    for directory, dirnames, filenames in os.walk(run_path, onerror=fail):
-        if stamps is not None:
-            _stamp(run_path, directory, stamps)
-        total += TAR_ENTRY_OVERHEAD * (1 + len(dirnames))
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(directory, name))
-            except FileNotFoundError:
-                continue  # vanished: tar will notice and fail the run
-            total += TAR_ENTRY_OVERHEAD + st.st_size
-    return total
-
-
-def _stamp(run_path: Path, directory: str, stamps: DirectoryStamps) -> None:
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return  # vanished: its absence is the change
-    name = os.path.relpath(directory, run_path.parent)
-    stamps[os.fsencode(name)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def directory_stamps(run_path: Path) -> DirectoryStamps:
-    """The stamps of every directory in the run folder now (links not followed)."""
-    stamps: DirectoryStamps = {}
-    for directory, _, _ in os.walk(run_path):
-        _stamp(run_path, directory, stamps)
-    return stamps
-
-
-def check_unchanged(run_path: Path, before: DirectoryStamps, archived: frozenset[bytes]) -> None:
-    """Raise unless every directory the archive holds is as it was before tar started.
-
-    tar notices a file that changes while it reads it, and a directory that changes
-    while it is inside it, but not an entry added to (or removed from) a directory it
-    has already left: the archive would silently miss it. Directories tar did not
-    archive (``tar_exclusions``) may change freely.
-
-    Raises: ToolError naming the first changed directory.
-    """
-    after = directory_stamps(run_path)
-    for name in sorted(archived):
-        if before.get(name) != after.get(name):
-            if name not in before:
-                what = "appeared"
-            elif name not in after:
-                what = "disappeared"
-            else:
-                what = "had entries added, removed or renamed"
-            raise ToolError(
-                f"run folder {run_path} changed while it was archived: directory "
-                f"{os.fsdecode(name)!r} {what}; not archived (retried later)"
-            )
+    return sum(
+        TAR_ENTRY_OVERHEAD + (0 if stat.S_ISDIR(file_type) else size)
+        for file_type, _, size, _, _ in stamps.values()
+    )
 
 
 def run_folder_path(stored: object) -> Path:
@@ -168,12 +111,9 @@ def run_folder_path(stored: object) -> Path:
     return Path(stored)
 
 
-def preflight(
-    run_path: Path, settings: ArchiveSettings, stamps: DirectoryStamps | None = None
-) -> int:
-    """Check that the run can be archived now; return the estimated tar size.
-
-    ``stamps``, if given, receives the directories' stamps (see :func:`check_unchanged`).
+def preflight(run_path: Path, settings: ArchiveSettings) -> tuple[Stamps, int]:
+    """Check that the run can be archived now; return its entries' stamps (see
+    :mod:`dfarchive.folderstamps`) and the estimated tar size.
 
     Raises: PreflightError naming the folder or path at fault.
     """
@@ -191,7 +131,12 @@ def preflight(
             raise PreflightError(f"output directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PreflightError(f"output directory {directory} is not writable")
-    estimate = estimate_tar_size(run_path, stamps)
+
+    def unreadable(error: OSError) -> None:
+        raise PreflightError(f"cannot read run folder {run_path}: {error}")
+
+    stamps = stamp_folder(run_path, onerror=unreadable)
+    estimate = estimate_tar_size(stamps)
     free = shutil.disk_usage(settings.destination_path).free
     if free < estimate + FREE_SPACE_MARGIN:
         raise OutOfSpace(
@@ -199,7 +144,7 @@ def preflight(
             f"{free / 2**30:.1f} GiB free, need about "
             f"{(estimate + FREE_SPACE_MARGIN) / 2**30:.1f} GiB"
         )
-    return estimate
+    return stamps, estimate
 
 
 class _Throttled:
@@ -239,8 +184,7 @@ def archive_run(
     partial file), Cancelled.
     """
     started = time.monotonic()
-    stamps: DirectoryStamps = {}
-    estimate = preflight(run_path, settings, stamps)
+    stamps, estimate = preflight(run_path, settings)
     log.info("[%s] archiving %s (about %.1f GiB)", run_id, run_path, estimate / 2**30)
     engine = get_engine(settings.engine)
     passphrase = new_run_key()
@@ -255,7 +199,6 @@ def archive_run(
             progress=_Throttled(progress, estimate),
             cancel=cancel,
         )
-        check_unchanged(run_path, stamps, result.directories)
         archive.sync()
         _check(cancel)
         log.info(
@@ -283,6 +226,7 @@ def archive_run(
             )
         )
         del passphrase
+        check_unchanged(run_path, stamps, result.archived_names)
         if before_publish is not None:
             before_publish()
         _check(cancel)

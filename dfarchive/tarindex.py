@@ -43,6 +43,7 @@ _SOLARIS_PAX = ord("X")
 _GNU_OLDSPARSE = ord("S")
 _DEVICE_TYPES = frozenset({ord("3"), ord("4")})  # character and block devices
 _DIRECTORY = ord("5")
+_REGULAR_TYPES = frozenset({ord("0"), 0, ord("7"), _GNU_OLDSPARSE})  # old "\0", contiguous
 _META_TYPES = frozenset({_GNU_LONGNAME, _GNU_LONGLINK, _PAX_HEADER, _PAX_GLOBAL, _SOLARIS_PAX})
 
 MAX_META_SIZE = 16 << 20
@@ -95,8 +96,8 @@ class TarIndex:
         self._ended = False
         self.device_members: list[bytes] = []
         """Names of the character and block device members seen, in stream order."""
-        self.directory_members: set[bytes] = set()
-        """Names of the directory members seen, without the trailing slash."""
+        self.archived_names: set[bytes] = set()
+        """Names of the directory and regular-file members seen (no trailing slash)."""
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Account for the next ``data`` bytes of the stream.
@@ -181,8 +182,8 @@ class TarIndex:
         self._names.update(_NAME_SEPARATOR)
         if typeflag in _DEVICE_TYPES:
             self.device_members.append(name)
-        elif typeflag == _DIRECTORY:
-            self.directory_members.add(name.rstrip(b"/"))
+        elif typeflag == _DIRECTORY or typeflag in _REGULAR_TYPES:
+            self.archived_names.add(name.rstrip(b"/"))
         self._long_name = self._pax_path = None
         if typeflag == _GNU_OLDSPARSE and block[_GNU_OLDSPARSE_ISEXTENDED]:
             self._sparse_ext = True  # extension blocks come before the data

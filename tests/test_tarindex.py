@@ -87,6 +87,17 @@ def test_matches_tarfile_archives_at_any_chunk_boundaries(members, fmt, chunks):
         size=len(data),
     )
     assert index_of(data, chunks) == whole
+    index = TarIndex()
+    index.feed(data)
+    assert index.archived_names == content_names(data)
+
+
+def content_names(data: bytes) -> set[bytes]:
+    """Names of the directory and regular-file members, as tarfile reads them."""
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tar:
+        return {
+            m.name.encode("utf-8", "surrogateescape") for m in tar if m.isdir() or m.isreg()
+        }
 
 
 def test_ustar_prefix_field_is_part_of_the_name():
@@ -113,6 +124,10 @@ def test_gnu_tar_stream_of_a_run_folder(run_folder, step):
         size=len(stream),
     )
     assert any(len(name) > 100 for name in listed)  # GNU 'L' headers were exercised
+    index = TarIndex()
+    index.feed(stream)
+    assert index.archived_names == content_names(stream)
+    assert f"{spec.path.name}/RunInfo.xml".encode() in index.archived_names
 
 
 def test_base256_size_of_a_huge_member_is_skipped_by_arithmetic():

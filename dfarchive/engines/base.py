@@ -21,8 +21,8 @@ class EncryptResult:
         members, members_sha256: the :class:`~dfarchive.tarindex.TarSummary` of the tar
             stream (member count, hex SHA-256 of the ordered member names).
         seconds: wall-clock time the engine took.
-        directories: names of the directory members (raw bytes, no trailing slash): the
-            folders whose listing the archive holds, to check they did not change.
+        archived_names: names of the directory and regular-file members (raw bytes, no
+            trailing slash), to check they did not change (:mod:`dfarchive.folderstamps`).
     """
 
     engine: str
@@ -32,7 +32,7 @@ class EncryptResult:
     members: int
     members_sha256: str
     seconds: float
-    directories: frozenset[bytes] = frozenset()
+    archived_names: frozenset[bytes] = frozenset()
 
 
 class Engine(Protocol):

@@ -78,5 +78,5 @@ class GpgEngine:
             members=summary.members,
             members_sha256=summary.members_sha256,
             seconds=time.monotonic() - started,
-            directories=plaintext.directories,
+            archived_names=plaintext.archived_names,
         )

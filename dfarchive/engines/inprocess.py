@@ -77,5 +77,5 @@ class InProcessEngine:
             members=summary.members,
             members_sha256=summary.members_sha256,
             seconds=time.monotonic() - started,
-            directories=plaintext.directories,
+            archived_names=plaintext.archived_names,
         )

@@ -72,9 +72,9 @@ class PlaintextTap:
     wait = staticmethod(ThreadedHash.wait)
 
     @property
-    def directories(self) -> frozenset[bytes]:
-        """The directory members seen so far (names without the trailing slash)."""
-        return frozenset(self._index.directory_members)
+    def archived_names(self) -> frozenset[bytes]:
+        """The directory and regular-file members seen so far (no trailing slash)."""
+        return frozenset(self._index.archived_names)
 
     def finish(self) -> tuple[str, TarSummary]:
         """Report final progress; return the hex SHA-256 and the tar summary.

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dfarchive import attempt as attempt_module
+from dfarchive import pipeline as pipeline_module
 from dfarchive.attempt import Outcome, attempt_run
 from dfarchive.config import Config, load_config
 from dfarchive.keys import Recipient, resolve_recipient
@@ -207,33 +208,84 @@ def test_a_file_appearing_in_the_folder_tar_is_reading_is_a_counted_failure(
     setup.assert_nothing_published("run_appearing")
 
 
+def two_folders(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """A run with folders ``done`` (a small file) and ``reading`` (a big one), in the
+    order tar takes them, so at the first progress report tar has left ``done``."""
+    run = ws.make_run("seqA", name)
+    (run / "d1").mkdir()
+    (run / "d2").mkdir()
+    # tar takes a directory's entries in readdir order
+    done, reading = (run / n for n in os.listdir(run) if n in ("d1", "d2"))
+    (done / "small.txt").write_text("small\n")
+    (reading / "big.bin").write_bytes(bytes(48 << 20))
+    return done, reading
+
+
+def behind_tar(reading: Path, action: Callable[[], None]) -> Callable[[], None]:
+    """``action``, once it is sure that tar is reading the big file in ``reading``."""
+
+    def act() -> None:
+        [tar] = [pid for pid, name in descendants(os.getpid()).items() if name == b"tar"]
+        open_files = {os.readlink(f"/proc/{tar}/fd/{fd}") for fd in os.listdir(f"/proc/{tar}/fd")}
+        assert str(reading / "big.bin") in open_files  # tar has left ``done``
+        action()
+
+    return act
+
+
 def test_a_file_appearing_in_a_folder_tar_has_finished_is_a_counted_failure(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tar checks a directory when it leaves it: a file created in a directory it has
     already archived goes unnoticed by tar itself."""
-    run = setup.ws.make_run("seqA", "run_behind")
-    (run / "d1").mkdir()
-    (run / "d2").mkdir()
-    # tar takes a directory's entries in readdir order: the first of d1, d2 gets a
-    # small file, the second a big one that tar is still reading at the first report
-    done, reading = [name for name in os.listdir(run) if name in ("d1", "d2")]
-    (run / done / "small.txt").write_text("small\n")
-    (run / reading / "big.bin").write_bytes(bytes(48 << 20))
-
-    def add_behind_tar() -> None:
-        [tar] = [pid for pid, name in descendants(os.getpid()).items() if name == b"tar"]
-        open_files = {os.readlink(f"/proc/{tar}/fd/{fd}") for fd in os.listdir(f"/proc/{tar}/fd")}
-        assert str(run / reading / "big.bin") in open_files  # tar has left ``done``
-        (run / done / "late_file.txt").write_text("late\n")
-
+    done, reading = two_folders(setup.ws, "run_behind")
     setup.schedule()
-    during_tar(monkeypatch, add_behind_tar)
+    during_tar(monkeypatch, behind_tar(reading, lambda: (done / "late_file.txt").write_text("x")))
     assert setup.attempt("run_behind") is Outcome.FAILED
     doc = setup.doc("run_behind")
     assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert f"run_behind/{done}" in doc["last_error"] and "changed" in doc["last_error"]
+    assert f"directory 'run_behind/{done.name}' had entries added" in doc["last_error"]
     setup.assert_nothing_published("run_behind")
+
+
+def test_a_file_rewritten_after_tar_read_it_is_a_counted_failure(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same size, same folder listing: only the file's own stamp shows the change."""
+    done, reading = two_folders(setup.ws, "run_rewritten")
+    setup.schedule()
+    with open(done / "small.txt", "r+b") as small:
+        during_tar(monkeypatch, behind_tar(reading, lambda: os.pwrite(small.fileno(), b"S", 0)))
+        assert setup.attempt("run_rewritten") is Outcome.FAILED
+    doc = setup.doc("run_rewritten")
+    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
+    assert f"file 'run_rewritten/{done.name}/small.txt' was modified" in doc["last_error"]
+    setup.assert_nothing_published("run_rewritten")
+    # the folder holds still now: the next attempt archives the new content
+    assert setup.attempt("run_rewritten") is Outcome.ENCRYPTED
+    plaintext = plaintext_of(
+        setup.ws.archives / "run_rewritten.tar.gpg", setup.ws.run_key("run_rewritten")
+    )
+    assert b"Small\n" in plaintext
+
+
+def test_a_file_changed_while_the_archive_is_validated_is_a_counted_failure(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder must still be as tar saw it when the run is marked archived."""
+    run = big_run(setup.ws, "run_late_change", size=1 << 20)
+    real = pipeline_module.validate_archive
+
+    def validate_archive(*args, **kwargs):
+        (run / "RunInfo.xml").chmod(0o600)  # metadata only: the change time still moves
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "validate_archive", validate_archive)
+    setup.schedule()
+    assert setup.attempt("run_late_change") is Outcome.FAILED
+    doc = setup.doc("run_late_change")
+    assert "file 'run_late_change/RunInfo.xml' was modified" in doc["last_error"]
+    setup.assert_nothing_published("run_late_change")
 
 
 def test_a_folder_deleted_while_tar_reads_it_is_a_counted_failure(
@@ -268,13 +320,21 @@ def test_a_quiet_folder_still_archives_with_every_member(setup: Setup) -> None:
     assert setup.doc("run_quiet")["archive"]["members"] == 7
 
 
-def test_appearing_files_in_excluded_folders_are_ignored(
+def test_changes_in_excluded_folders_are_ignored(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tar_exclusions name folders other tools may still write (demultiplexing)."""
     setup.config = load_config(setup.ws.config(tar_exclusions=["Demultiplex*"]))
     run = big_run(setup.ws, "run_demux")
-    (run / "Demultiplex_Stats").mkdir()
+    stats = run / "Demultiplex_Stats"
+    stats.mkdir()
+    (stats / "log.txt").write_text("started\n")
+
+    def demultiplexing() -> None:
+        (stats / "new.txt").write_text("x")
+        with open(stats / "log.txt", "a") as log:
+            log.write("still going\n")
+
     setup.schedule()
-    during_tar(monkeypatch, lambda: (run / "Demultiplex_Stats" / "new.txt").write_text("x"))
+    during_tar(monkeypatch, demultiplexing)
     assert setup.attempt("run_demux") is Outcome.ENCRYPTED
