@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from dfarchive.directio import open_direct
+from dfarchive.errors import ClaimLost
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -29,10 +30,16 @@ class PartialFile:
     """One output file in the making.
 
     ``open()`` creates ``<final>.partial`` with ``mode`` (never wider, whatever the
-    umask: created with the mode, then set to exactly it); a stale partial left by a
-    dead worker is removed first. ``publish()`` fsyncs, closes and renames it to the
-    final name; ``discard()`` removes it. Use as a context manager: leaving the block
-    without ``publish()`` discards.
+    umask: created with the mode, then set to exactly it); a partial left by an earlier
+    holder of the run is removed first. ``publish()`` fsyncs, closes and renames it to
+    the final name; ``discard()`` removes it. Use as a context manager: leaving the
+    block without ``publish()`` discards.
+
+    The earlier holder may still be alive: a worker paused past its lease, or one an
+    operator released the run from, goes on until its next heartbeat. So both
+    ``publish()`` and ``discard()`` act on the name only while it is still this
+    object's file (same inode): the earlier holder never renames or removes the new
+    holder's partial file.
     """
 
     def __init__(self, final: Path, mode: int) -> None:
@@ -41,6 +48,7 @@ class PartialFile:
         self.mode = mode
         self.fd: int | None = None
         self.published = False
+        self._identity: tuple[int, int] | None = None  # (device, inode) once created
 
     def open(self, *, direct: bool = False) -> int:
         """Create the partial file and return its fd (write-only).
@@ -53,6 +61,8 @@ class PartialFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self.fd = open_direct(self.path, flags, self.mode, direct=direct)
         os.fchmod(self.fd, self.mode)  # the umask may have narrowed it; never widens past mode
+        st = os.fstat(self.fd)
+        self._identity = (st.st_dev, st.st_ino)
         return self.fd
 
     def write_all(self, data: bytes) -> None:
@@ -67,11 +77,17 @@ class PartialFile:
         os.fsync(self.fd)
 
     def publish(self) -> Path:
-        """fsync, close and rename to the final name (replacing an older file)."""
+        """fsync, close and rename to the final name (replacing an older file).
+
+        Raises:
+            ClaimLost: the partial name holds another worker's file now.
+        """
         if self.fd is not None:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
+        if not self._is_ours():
+            raise ClaimLost(f"{self.path} was replaced by another worker's file")
         os.rename(self.path, self.final)
         self.published = True
         return self.final
@@ -82,9 +98,16 @@ class PartialFile:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
-        if not self.published:
+        if not self.published and self._is_ours():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def _is_ours(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     def __enter__(self) -> PartialFile:
         return self
