@@ -259,6 +259,38 @@ def reclaim_expired(doc: Mapping[str, Any], *, now: datetime, max_attempts: int)
     )
 
 
+def force_release(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
+    """Operator action: processing → pending, not counted, whatever the lease says.
+
+    For a claim no worker will end: its holder is gone but the lease does not run out
+    (hand-edited, or written by a host whose clock ran far ahead). A holder that is in
+    fact alive finds at its next heartbeat that the run is no longer its own, stops,
+    and removes its partial files.
+    """
+    if doc.get("status") != PROCESSING:
+        raise TransitionRefused(
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only processing runs can be "
+            "released"
+        )
+    reason = (
+        f"released by an operator from worker {doc.get('worker_id')} "
+        f"(lease to {doc.get('lease_expires_at')})"
+    )
+    attempt = {
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("claimed_at"),
+        "ended_at": timestamp(now),
+        "outcome": "released",
+        "error": reason[:ERROR_CHARS],
+    }
+    return _end_claim(
+        {**doc, "claim_token": None},  # the holder's late writes must not match
+        now,
+        status=PENDING,
+        attempts=_with_attempt(doc, attempt),
+    )
+
+
 def retry(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
     """Operator action: failed → pending with the failure count reset."""
     if doc.get("status") != FAILED:

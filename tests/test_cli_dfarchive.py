@@ -223,6 +223,21 @@ def test_retry_refuses_other_states_and_unknown_runs(store: SqliteStore, capsys)
     assert code == 1 and "no run 'nope'" in err
 
 
+def test_release_puts_a_processing_run_back_to_pending(store: SqliteStore, capsys) -> None:
+    add_run(store, "run_stuck")
+    assert store.claim("run_stuck", worker_id="gone-host:7") is not None
+    code, out, err = run_cli(capsys, "release", "run_stuck")
+    assert code == 0, err
+    assert out.startswith("run_stuck: processing -> pending (was held by gone-host:7)")
+    doc = store.get("run_stuck")
+    assert (doc["status"], doc["failure_count"]) == ("pending", 0)
+    code, out, err = run_cli(capsys, "release", "run_stuck")  # pending now: refused
+    assert (code, out) == (1, "")
+    assert "cannot release" in err and "only processing runs can be released" in err
+    code, _, err = run_cli(capsys, "release", "nope")
+    assert code == 1 and "no run 'nope'" in err
+
+
 # -- verify --------------------------------------------------------------------------------
 
 

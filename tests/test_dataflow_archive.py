@@ -179,3 +179,36 @@ def test_second_ctrl_c_stops_now_and_releases_runs_uncounted(tmp_path, gnupg_hom
         assert docs[run]["attempts"][-1]["outcome"] == "released"
     assert partials(tmp_path) == []
     assert list((tmp_path / "archives").iterdir()) == []
+
+
+def test_a_run_released_by_an_operator_is_dropped_by_its_worker_then_archived_once(
+    tmp_path, gnupg_home
+):
+    """``dfarchive release`` on a run a live worker holds: the worker stops at its next
+    heartbeat (removing its partial files), and a later pass archives the run anew."""
+    config = make_config(tmp_path, gnupg_home, lease_seconds=3)  # a heartbeat a second
+    sparse_run(tmp_path, "run_a", 2 << 30)
+    proc = start(config)
+    try:
+        wait_until_processing(tmp_path, proc, 1)
+        released = subprocess.run(
+            [str(BIN / "dfarchive"), "release", "run_a", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert released.returncode == 0, released.stderr
+        assert released.stdout.startswith("run_a: processing -> pending")
+        seen = read_until(proc, "abandoning this attempt")
+        seen += read_until(proc, "[run_a] archived:")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen + output
+    doc = documents(tmp_path)["run_a"]
+    assert (doc["status"], doc["failure_count"]) == ("encrypted", 0)
+    assert [a["outcome"] for a in doc["attempts"]] == ["released", "encrypted"]
+    assert "released by an operator" in doc["attempts"][0]["error"]
+    assert partials(tmp_path) == []
+    assert sorted(p.name for p in (tmp_path / "archives").iterdir()) == ["run_a.tar.gpg"]

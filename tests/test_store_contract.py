@@ -237,6 +237,31 @@ def test_reclaim_expired_puts_dead_claims_back_counted(store, clock):
     assert store.get("run_002")["status"] == "processing"
 
 
+def test_force_release_frees_a_claim_whatever_its_lease_uncounted(store, clock):
+    register(store, "run_001", "run_002")
+    holder = store.claim("run_001", worker_id="stuck-host:1")
+    doc = store.get("run_001")
+    doc["lease_expires_at"] = "2999-01-01T00:00:00+00:00"  # edited by hand: never expires
+    store._replace(doc)
+    assert store.reclaim_expired() == []
+    clock.advance(5)
+    doc = store.force_release("run_001")
+    assert (doc["status"], doc["failure_count"], doc["lease_expires_at"]) == ("pending", 0, None)
+    attempt = doc["attempts"][-1]
+    assert (attempt["outcome"], attempt["worker_id"]) == ("released", "stuck-host:1")
+    assert "released by an operator from worker stuck-host:1" in attempt["error"]
+    assert "2999-01-01" in attempt["error"]
+    # the holder, if alive, finds out at its next heartbeat and can't finish
+    assert not store.heartbeat(holder)
+    with pytest.raises(ClaimLost):
+        store.finish(holder, {"file": "x"})
+    assert store.claim("run_001", worker_id="w:2") is not None  # claimable again
+    with pytest.raises(TransitionRefused, match="'pending'; only processing runs"):
+        store.force_release("run_002")
+    with pytest.raises(UnknownRun):
+        store.force_release("run_404")
+
+
 # -- enqueue bookkeeping ---------------------------------------------------------------
 
 

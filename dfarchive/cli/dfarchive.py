@@ -9,6 +9,8 @@
 ``dfarchive status --json``             the run documents, for scripts (see below)
 ``dfarchive show RUN``                  one run document, pretty-printed JSON
 ``dfarchive retry RUN``                 a failed run back to pending (count reset)
+``dfarchive release RUN``               a processing run back to pending now, not
+                                        counted, whatever its lease says
 ``dfarchive verify RUN [--deep]``       bit-rot check of the archive (see
                                         :mod:`dfarchive.verify`)
 ``dfarchive restore RUN --to DIR``      decrypt, verify and extract safely into
@@ -116,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = command("retry", cmd_retry, "put a failed run back to pending")
     retry.add_argument("run_id", metavar="RUN_ID")
+
+    release = command(
+        "release",
+        cmd_release,
+        "put a processing run back to pending now, lease or not (its worker is gone)",
+    )
+    release.add_argument("run_id", metavar="RUN_ID")
 
     verify = command("verify", cmd_verify, "check an archive against its record (bit rot)")
     verify.add_argument("run_id", metavar="RUN_ID")
@@ -262,21 +271,43 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """failed → pending with the failure count reset; any other state: exit 1."""
-    config = _load(args)
-    with _open_existing_store(config) as store:
-        try:
-            doc = store.retry(args.run_id)
-        except UnknownRun:
-            _say(f"no run {args.run_id!r} in the {store.backend} store")
-            return EXIT_CHECK_FAILED
-        except TransitionRefused as error:
-            _say(f"cannot retry: {error}")
-            return EXIT_CHECK_FAILED
+    doc = _operator_transition(args, "retry", lambda store: store.retry(args.run_id))
+    if doc is None:
+        return EXIT_CHECK_FAILED
     print(
         f"{args.run_id}: failed -> {doc['status']} (failure count reset); "
         "it is archived again on the next scheduling pass"
     )
     return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """processing → pending, not counted, whatever its lease says; other states: exit 1."""
+    doc = _operator_transition(args, "release", lambda store: store.force_release(args.run_id))
+    if doc is None:
+        return EXIT_CHECK_FAILED
+    released_from = doc["attempts"][-1]["worker_id"]
+    print(
+        f"{args.run_id}: processing -> {doc['status']} (was held by {released_from}); "
+        "it is archived again on the next scheduling pass. If that worker is in fact "
+        "alive, it stops its attempt at its next heartbeat."
+    )
+    return EXIT_OK
+
+
+def _operator_transition(
+    args: argparse.Namespace, verb: str, transition: Callable[[RunStore], RunDocument]
+) -> RunDocument | None:
+    """Apply an operator's transition; None (after saying why) if unknown or refused."""
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        try:
+            return transition(store)
+        except UnknownRun:
+            _say(f"no run {args.run_id!r} in the {store.backend} store")
+        except TransitionRefused as error:
+            _say(f"cannot {verb}: {error}")
+    return None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -255,6 +255,10 @@ class RunStore(ABC):
         """Operator action: failed → pending with the count reset."""
         return self._update(run_id, lambda doc: runstate.retry(doc, now=self.clock()))
 
+    def force_release(self, run_id: str) -> RunDocument:
+        """Operator action: processing → pending, not counted, whatever the lease says."""
+        return self._update(run_id, lambda doc: runstate.force_release(doc, now=self.clock()))
+
     def due_for_enqueue(self, window_seconds: float) -> list[RunDocument]:
         """Pending runs whose last message is older than ``window_seconds`` (or never sent)."""
         now = self.clock()
