@@ -102,7 +102,18 @@ def _require_claim(doc: Mapping[str, Any], token: str) -> None:
         )
 
 
-def _with_attempt(doc: Mapping[str, Any], attempt: dict[str, Any]) -> list[dict[str, Any]]:
+def _with_attempt(
+    doc: Mapping[str, Any], now: datetime, outcome: str, error: str | None = None
+) -> list[dict[str, Any]]:
+    """The bounded attempt history, ending with the current holder's attempt."""
+    attempt = {
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("claimed_at"),
+        "ended_at": timestamp(now),
+        "outcome": outcome,
+    }
+    if error is not None:
+        attempt["error"] = error[:ERROR_CHARS]
     history = doc.get("attempts")
     history = list(history) if isinstance(history, list) else []
     return [*history, attempt][-ATTEMPTS_KEPT:]
@@ -168,19 +179,13 @@ def finish(
     if _ended_by(doc, token, ENCRYPTED):
         return doc  # type: ignore[return-value]
     _require_claim(doc, token)
-    attempt = {
-        "worker_id": doc.get("worker_id"),
-        "started_at": doc.get("claimed_at"),
-        "ended_at": timestamp(now),
-        "outcome": ENCRYPTED,
-    }
     return _end_claim(
         doc,
         now,
         status=ENCRYPTED,
         archive=dict(archive),
         last_error=None,
-        attempts=_with_attempt(doc, attempt),
+        attempts=_with_attempt(doc, now, ENCRYPTED),
         progress=_final_progress(doc, now),
     )
 
@@ -209,20 +214,13 @@ def _count_failure(
     count = failure_count(doc) + 1
     status = FAILED if count >= max_attempts else PENDING
     error = error[:ERROR_CHARS]
-    attempt = {
-        "worker_id": doc.get("worker_id"),
-        "started_at": doc.get("claimed_at"),
-        "ended_at": timestamp(now),
-        "outcome": "failed",
-        "error": error,
-    }
     return _end_claim(
         doc,
         now,
         status=status,
         failure_count=count,
         last_error=error,
-        attempts=_with_attempt(doc, attempt),
+        attempts=_with_attempt(doc, now, "failed", error),
     )
 
 
@@ -234,15 +232,9 @@ def release(
     if _ended_by(doc, token, PENDING):
         return doc  # type: ignore[return-value]
     _require_claim(doc, token)
-    attempt = {
-        "worker_id": doc.get("worker_id"),
-        "started_at": doc.get("claimed_at"),
-        "ended_at": timestamp(now),
-        "outcome": "released",
-        "error": reason[:ERROR_CHARS],
-    }
     changes = {"last_error": reason[:ERROR_CHARS]} if error else {}
-    return _end_claim(doc, now, status=PENDING, attempts=_with_attempt(doc, attempt), **changes)
+    attempts = _with_attempt(doc, now, "released", reason)
+    return _end_claim(doc, now, status=PENDING, attempts=attempts, **changes)
 
 
 def reclaim_expired(doc: Mapping[str, Any], *, now: datetime, max_attempts: int) -> RunDocument:
@@ -276,18 +268,11 @@ def force_release(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
         f"released by an operator from worker {doc.get('worker_id')} "
         f"(lease to {doc.get('lease_expires_at')})"
     )
-    attempt = {
-        "worker_id": doc.get("worker_id"),
-        "started_at": doc.get("claimed_at"),
-        "ended_at": timestamp(now),
-        "outcome": "released",
-        "error": reason[:ERROR_CHARS],
-    }
     return _end_claim(
         {**doc, "claim_token": None},  # the holder's late writes must not match
         now,
         status=PENDING,
-        attempts=_with_attempt(doc, attempt),
+        attempts=_with_attempt(doc, now, "released", reason),
     )
 
 

@@ -72,6 +72,14 @@ class Setup:
         assert doc is not None, run_id
         return doc
 
+    def assert_counted_failure(self, run_id: str, *fragments: str) -> None:
+        """Back to pending, counted, ``last_error`` saying all of ``fragments``, no file."""
+        doc = self.doc(run_id)
+        assert (doc["status"], doc["failure_count"]) == ("pending", 1)
+        for fragment in fragments:
+            assert fragment in doc["last_error"]
+        self.assert_nothing_published(run_id)
+
     def assert_nothing_published(self, run_id: str) -> None:
         assert not (self.ws.archives / f"{run_id}.tar.gpg").exists()
         assert not (self.ws.keys / f"{run_id}.key.gpg").exists()
@@ -140,10 +148,7 @@ def test_a_folder_renamed_after_registration_fails_clearly_and_the_new_name_is_a
     run.rename(run.with_name("run_new"))
     assert setup.schedule() == ["run_new"]
     assert setup.attempt("run_old") is Outcome.FAILED
-    doc = setup.doc("run_old")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert f"run folder {run} does not exist (moved or deleted?)" in doc["last_error"]
-    setup.assert_nothing_published("run_old")
+    setup.assert_counted_failure("run_old", f"run folder {run} does not exist (moved or deleted?)")
     assert setup.attempt("run_new") is Outcome.ENCRYPTED
 
 
@@ -189,10 +194,7 @@ def test_a_file_changed_while_tar_reads_it_is_a_counted_failure(
     with open(run / "big.bin", "ab") as big:
         during_tar(monkeypatch, lambda: big.write(b"more data\n") and big.flush())
         assert setup.attempt("run_changed") is Outcome.FAILED
-    doc = setup.doc("run_changed")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert "big.bin: file changed as we read it" in doc["last_error"]
-    setup.assert_nothing_published("run_changed")
+    setup.assert_counted_failure("run_changed", "big.bin: file changed as we read it")
 
 
 def test_a_file_appearing_in_the_folder_tar_is_reading_is_a_counted_failure(
@@ -202,10 +204,7 @@ def test_a_file_appearing_in_the_folder_tar_is_reading_is_a_counted_failure(
     setup.schedule()
     during_tar(monkeypatch, lambda: (run / "late_file.txt").write_text("late\n"))
     assert setup.attempt("run_appearing") is Outcome.FAILED
-    doc = setup.doc("run_appearing")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert "run_appearing" in doc["last_error"] and "changed" in doc["last_error"]
-    setup.assert_nothing_published("run_appearing")
+    setup.assert_counted_failure("run_appearing", "run_appearing", "changed")
 
 
 def two_folders(ws: Workspace, name: str) -> tuple[Path, Path]:
@@ -242,10 +241,9 @@ def test_a_file_appearing_in_a_folder_tar_has_finished_is_a_counted_failure(
     setup.schedule()
     during_tar(monkeypatch, behind_tar(reading, lambda: (done / "late_file.txt").write_text("x")))
     assert setup.attempt("run_behind") is Outcome.FAILED
-    doc = setup.doc("run_behind")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert f"directory 'run_behind/{done.name}' had entries added" in doc["last_error"]
-    setup.assert_nothing_published("run_behind")
+    setup.assert_counted_failure(
+        "run_behind", f"directory 'run_behind/{done.name}' had entries added"
+    )
 
 
 def test_a_file_rewritten_after_tar_read_it_is_a_counted_failure(
@@ -257,10 +255,9 @@ def test_a_file_rewritten_after_tar_read_it_is_a_counted_failure(
     with open(done / "small.txt", "r+b") as small:
         during_tar(monkeypatch, behind_tar(reading, lambda: os.pwrite(small.fileno(), b"S", 0)))
         assert setup.attempt("run_rewritten") is Outcome.FAILED
-    doc = setup.doc("run_rewritten")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert f"file 'run_rewritten/{done.name}/small.txt' was modified" in doc["last_error"]
-    setup.assert_nothing_published("run_rewritten")
+    setup.assert_counted_failure(
+        "run_rewritten", f"file 'run_rewritten/{done.name}/small.txt' was modified"
+    )
     # the folder holds still now: the next attempt archives the new content
     assert setup.attempt("run_rewritten") is Outcome.ENCRYPTED
     plaintext = plaintext_of(
@@ -296,10 +293,7 @@ def test_a_folder_deleted_while_tar_reads_it_is_a_counted_failure(
     setup.schedule()
     during_tar(monkeypatch, lambda: shutil.rmtree(run))
     assert setup.attempt("run_deleted") is Outcome.FAILED
-    doc = setup.doc("run_deleted")
-    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
-    assert "run_deleted" in doc["last_error"]
-    setup.assert_nothing_published("run_deleted")
+    setup.assert_counted_failure("run_deleted", "run_deleted")
 
 
 def test_a_quiet_folder_still_archives_with_every_member(setup: Setup) -> None:
