@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -41,8 +40,6 @@ from .common import (
     load,
     run_main,
 )
-
-log = logging.getLogger("dfarchive")
 
 
 def parser() -> argparse.ArgumentParser:
