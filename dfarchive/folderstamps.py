@@ -13,6 +13,11 @@ file system's time resolution). Entries tar did not archive (``tar_exclusions``)
 change freely; so may symbolic links and other special entries, whose replacement
 changes their directory.
 
+The same check makes sure the archive holds this run folder and nothing else: every
+name tar reported (members, and hard links' targets) must be an entry the pre-flight
+walk stamped. A name it never saw is either not in the run folder at all (tar archived
+something else) or appeared since (a change).
+
 Memory: one stamp per entry of the run folder, about 250 bytes (25 MB for 100,000
 files).
 """
@@ -48,13 +53,30 @@ def stamp_folder(run_path: Path, onerror: Callable[[OSError], None] | None = Non
     return stamps
 
 
-def check_unchanged(run_path: Path, before: Stamps, archived: frozenset[bytes]) -> None:
-    """Raise unless every ``archived`` entry is still as ``before`` stamped it.
+def check_unchanged(
+    run_path: Path, before: Stamps, archived: frozenset[bytes], *, others: frozenset[bytes]
+) -> None:
+    """Raise unless the archive holds entries of the run folder only, and every
+    ``archived`` entry (directory or regular file) is still as ``before`` stamped it.
 
-    Raises: ToolError naming the first changed entry (in name order).
+    ``others`` are the archive's other names (links, FIFOs, hard links' targets): they
+    must be stamped entries too, but may have changed.
+
+    Raises: ToolError naming the first name that is not an entry of the run folder, or
+    else the first changed entry (in name order).
     """
     after = stamp_folder(run_path)
-    for name in sorted(archived):
+    unstamped = {name for name in others if name not in before}
+    checked = sorted(archived | unstamped)
+    strangers = [name for name in checked if name not in before and name not in after]
+    if strangers:
+        more = f" (and {len(strangers) - 1} more)" if len(strangers) > 1 else ""
+        raise ToolError(
+            f"tar archived {os.fsdecode(strangers[0])!r}{more}, which is not an entry of "
+            f"run folder {run_path}: the archive would not hold exactly that folder; "
+            "not archived"
+        )
+    for name in checked:
         old, new = before.get(name), after.get(name)
         if old == new:
             continue

@@ -2,9 +2,9 @@
 
 pre-flight (stamping the folder's entries) → tar + encrypt to ``<run>.tar.gpg.partial``
 → fsync → validate (decrypt, MDC, length, tar headers) → wrap the run key to the
-recipient into ``<run>.key.gpg.partial`` → last checks that we may publish (the folder
-is as tar saw it, the claim is still ours) → rename both into place → fsync the
-directories → the archive record.
+recipient into ``<run>.key.gpg.partial`` → last checks that we may publish (the archive
+holds exactly the folder's entries, the folder is as tar saw it, the claim is still
+ours) → rename both into place → fsync the directories → the archive record.
 
 Any failure or cancellation removes every partial file; a file under its final name
 is always complete and validated. The run key exists only in this process's memory
@@ -226,7 +226,7 @@ def archive_run(
             )
         )
         del passphrase
-        check_unchanged(run_path, stamps, result.archived_names)
+        check_unchanged(run_path, stamps, result.archived_names, others=result.other_names)
         if before_publish is not None:
             before_publish()
         _check(cancel)

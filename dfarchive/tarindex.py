@@ -5,7 +5,9 @@ only the 512-byte header blocks (and the data of GNU long-name / long-link and p
 extended headers, which describe the next member); member data is skipped by
 arithmetic and never copied. :meth:`TarIndex.summary` then says how many members the
 stream holds, a SHA-256 over their names in order, whether the end-of-archive marker
-(two zero blocks) was seen, and how many bytes were fed.
+(two zero blocks) was seen, and how many bytes were fed. Along the way it collects every
+name the stream mentions (members, and the targets of hard links, which name earlier
+members), so that the archive can be checked to hold exactly the run folder.
 
 The archiving engines index the plaintext on its way into the encryptor, validation
 indexes the decrypted stream; the two summaries must be equal.
@@ -28,6 +30,7 @@ _NAME = slice(0, 100)
 _SIZE = slice(124, 136)
 _CHKSUM = slice(148, 156)
 _TYPEFLAG = 156
+_LINKNAME = slice(157, 257)
 _MAGIC = slice(257, 263)
 _PREFIX = slice(345, 500)
 _USTAR_MAGIC = b"ustar\x00"  # POSIX: the prefix field extends the name
@@ -43,6 +46,7 @@ _SOLARIS_PAX = ord("X")
 _GNU_OLDSPARSE = ord("S")
 _DEVICE_TYPES = frozenset({ord("3"), ord("4")})  # character and block devices
 _DIRECTORY = ord("5")
+_HARD_LINK = ord("1")
 _REGULAR_TYPES = frozenset({ord("0"), 0, ord("7"), _GNU_OLDSPARSE})  # old "\0", contiguous
 _META_TYPES = frozenset({_GNU_LONGNAME, _GNU_LONGLINK, _PAX_HEADER, _PAX_GLOBAL, _SOLARIS_PAX})
 
@@ -89,7 +93,9 @@ class TarIndex:
         self._meta_left = 0
         self._meta_padding = 0
         self._long_name: bytes | None = None
+        self._long_link: bytes | None = None
         self._pax_path: bytes | None = None
+        self._pax_linkpath: bytes | None = None
         self._sparse_ext = False  # the next block is a GNU sparse extension block
         self._sparse_data = 0  # member data (and padding) after the extension blocks
         self._zero_blocks = 0
@@ -98,6 +104,9 @@ class TarIndex:
         """Names of the character and block device members seen, in stream order."""
         self.archived_names: set[bytes] = set()
         """Names of the directory and regular-file members seen (no trailing slash)."""
+        self.other_names: set[bytes] = set()
+        """Names of the other members seen (links, FIFOs, ...) and of the targets of
+        hard links (no trailing slash)."""
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Account for the next ``data`` bytes of the stream.
@@ -180,11 +189,15 @@ class TarIndex:
         name = self._member_name(block)
         self._names.update(name)
         self._names.update(_NAME_SEPARATOR)
+        if typeflag == _DIRECTORY or typeflag in _REGULAR_TYPES:
+            self.archived_names.add(name.rstrip(b"/"))
+        else:
+            self.other_names.add(name.rstrip(b"/"))
         if typeflag in _DEVICE_TYPES:
             self.device_members.append(name)
-        elif typeflag == _DIRECTORY or typeflag in _REGULAR_TYPES:
-            self.archived_names.add(name.rstrip(b"/"))
-        self._long_name = self._pax_path = None
+        elif typeflag == _HARD_LINK:
+            self.other_names.add(self._link_name(block).rstrip(b"/"))
+        self._long_name = self._long_link = self._pax_path = self._pax_linkpath = None
         if typeflag == _GNU_OLDSPARSE and block[_GNU_OLDSPARSE_ISEXTENDED]:
             self._sparse_ext = True  # extension blocks come before the data
             self._sparse_data = size + _padding(size)
@@ -203,16 +216,28 @@ class TarIndex:
                 return prefix + b"/" + name
         return name
 
+    def _link_name(self, block: bytes | memoryview) -> bytes:
+        if self._pax_linkpath is not None:
+            return self._pax_linkpath
+        if self._long_link is not None:
+            return self._long_link
+        return _cstring(block[_LINKNAME])
+
     def _end_meta(self) -> None:
         """The data of a meta header is complete: remember what it says."""
         data = bytes(self._meta)
         self._meta.clear()
         if self._meta_type == _GNU_LONGNAME:
             self._long_name = _cstring(data)
+        elif self._meta_type == _GNU_LONGLINK:
+            self._long_link = _cstring(data)
         elif self._meta_type in (_PAX_HEADER, _SOLARIS_PAX):
             path = _pax_record(data, b"path")
             if path is not None:
                 self._pax_path = path
+            linkpath = _pax_record(data, b"linkpath")
+            if linkpath is not None:
+                self._pax_linkpath = linkpath
         self._meta_type = None
         self._skip = self._meta_padding
 

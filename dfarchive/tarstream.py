@@ -1,13 +1,22 @@
 """GNU tar as a child process producing the archive stream of one run folder.
 
-The command is ``tar --format=gnu -C <parent> [--exclude=PATTERN ...] -cf - -- <run>``:
-member names start with the run folder's name, and ``--exclude`` patterns are the
-configuration's ``tar_exclusions`` verbatim, so they match exactly as they would for
-``tar`` on the command line. Any non-zero exit, including 1 ("file changed as we read
-it"), is a :class:`~dfarchive.errors.ToolError`, and so is any warning tar prints while
-exiting 0: GNU tar only warns, with status 0, when it skips a socket or when a directory
-changed while it was read (a file added or removed) — either way the archive would not
-hold the run folder as it is.
+The command is ``tar --format=gnu --no-unquote -C <parent> [--exclude=PATTERN ...] -cf -
+-- <run>``: member names start with the run folder's name, and ``--exclude`` patterns are
+the configuration's ``tar_exclusions`` verbatim, so they match exactly as they would for
+``tar`` on the command line.
+
+``--no-unquote`` makes tar take the run folder's name as it is: by default GNU tar
+decodes backslash escapes in file names, so a folder named ``victim\\061`` would be
+archived as its neighbour ``victim1``, one named ``\\056`` as the whole sequencer folder,
+and a name holding a real backslash not at all. The option changes neither ``-C``'s
+directory, which tar never unquotes, nor ``--exclude`` patterns, which keep their
+``fnmatch`` meaning, backslash escapes included.
+
+Any non-zero exit, including 1 ("file changed as we read it"), is a
+:class:`~dfarchive.errors.ToolError`, and so is any warning tar prints while exiting 0:
+GNU tar only warns, with status 0, when it skips a socket or when a directory changed
+while it was read (a file added or removed) — either way the archive would not hold the
+run folder as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from dfarchive.errors import ToolError
 
 TAR = "tar"
 TAR_FORMAT = "--format=gnu"
+TAR_VERBATIM_NAMES = "--no-unquote"
 TAR_CHDIR = "-C"
 TAR_EXCLUDE = "--exclude={}"
 TAR_CREATE_TO_STDOUT = "-cf"
@@ -38,6 +48,7 @@ def tar_command(run_path: Path, exclusions: Sequence[str] = ()) -> list[str]:
     return [
         TAR,
         TAR_FORMAT,
+        TAR_VERBATIM_NAMES,
         TAR_CHDIR,
         str(run_path.parent),
         *(TAR_EXCLUDE.format(pattern) for pattern in exclusions),

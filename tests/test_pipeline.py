@@ -4,19 +4,24 @@ publish, and the store transitions around it (attempt_run)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from dfarchive import keys, pipeline
+from dfarchive import keys, pipeline, tarstream
 from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.errors import PreflightError, RecipientError
+from dfarchive.engines import ENGINE_NAMES
+from dfarchive.errors import PreflightError, RecipientError, ToolError
 from dfarchive.keys import Recipient, resolve_recipient
+from dfarchive.openpgp import decrypt
 from dfarchive.pipeline import ArchiveSettings, archive_run
+from dfarchive.restore import restore_archive
 from dfarchive.store import NewRun, SqliteStore
 
 
@@ -188,6 +193,136 @@ def test_cancel_mid_run_cleans_up(outputs, recipient, tmp_path):
     assert list(outputs.destination_path.iterdir()) == []
     assert list(outputs.keys_path.iterdir()) == []
     assert child_pids() <= children_before  # tar and gpg are gone
+
+
+# -- the archive holds exactly the run folder -------------------------------------------
+
+SENTINEL = ".metadata_rsync_exitcode"
+
+
+def make_run(sequencer: Path, name: str, *inside: str) -> Path:
+    run = sequencer / name
+    run.mkdir(parents=True)
+    (run / SENTINEL).write_text("0\n")
+    for file_name in inside:
+        (run / file_name).write_text(f"{file_name}\n")
+    return run
+
+
+def entries(run: Path) -> list[bytes]:
+    """The run folder and everything in it, named as tar members (raw bytes)."""
+    parent = os.fsencode(run.parent)
+    found = [os.fsencode(run.name)]
+    for directory, dirs, files in os.walk(os.fsencode(run)):
+        found += [os.path.relpath(os.path.join(directory, n), parent) for n in dirs + files]
+    return sorted(found)
+
+
+def archived_members(record: dict, run_key: bytes) -> list[bytes]:
+    """The member names of a published archive, decrypted with dfarchive's reader."""
+    plaintext = bytearray()
+    with open(record["file"], "rb") as source:
+        decrypt(source, run_key, plaintext.extend)
+    with tarfile.open(fileobj=io.BytesIO(plaintext), errors="surrogateescape") as tar:
+        return sorted(os.fsencode(m.name) for m in tar.getmembers())
+
+
+# Run folder names GNU tar decodes on its command line unless told not to.
+UNQUOTED_NAMES = {
+    "octal_neighbour": "victim\\061",  # -> victim1, the folder next to it
+    "octal_dot": "\\056",  # -> ".": the whole sequencer folder
+    "octal_dotdot": "\\056\\056",  # -> "..": the whole sequencing tree
+    "backslash": "back\\\\slash",  # -> back\slash: "Cannot stat"
+    "backslash_n": "line\\nfeed",  # -> a newline
+    "octal_backslash": "\\134",  # -> a lone backslash
+}
+INSIDE = ("RunInfo.xml", "in\\061side.txt", "a \\\\ b", "tab\\there", "\\056\\056")
+
+
+@pytest.mark.parametrize("name", UNQUOTED_NAMES.values(), ids=UNQUOTED_NAMES.keys())
+def test_a_run_folder_named_with_backslashes_is_archived_exactly(
+    name, outputs, recipient, seen_keys, tmp_path
+):
+    sequencer = tmp_path / "seq" / "seqA"
+    for decoy in ("victim1", "back\\slash", "line\nfeed", "\\"):  # what tar would decode to
+        make_run(sequencer, decoy, "not_this_run.txt")
+    run = make_run(sequencer, name, *INSIDE)
+    before = tree(run)
+    record = archive_run(name, run, outputs, recipient)
+    [run_key] = seen_keys
+    assert archived_members(record, run_key) == entries(run)
+    assert record["members"] == len(entries(run))
+    assert record["file"] == str(outputs.destination_path / f"{name}.tar.gpg")
+    restore_archive(
+        Path(record["file"]),
+        run_key,
+        tmp_path / "restored",
+        run_id=name,
+        plaintext_size=record["plaintext_size"],
+        plaintext_sha256=record["plaintext_sha256"],
+    )
+    assert tree(tmp_path / "restored" / name) == before  # backslashes inside kept too
+    assert {p.name for p in (tmp_path / "restored" / name).iterdir()} == {SENTINEL, *INSIDE}
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_victim_061_is_not_archived_as_its_neighbour_victim1(
+    engine, outputs, recipient, seen_keys, tmp_path
+):
+    sequencer = tmp_path / "seq" / "seqA"
+    neighbour = make_run(sequencer, "victim1", "neighbour.txt")
+    run = make_run(sequencer, "victim\\061", "RunInfo.xml")
+    settings = ArchiveSettings(**{**outputs.__dict__, "engine": engine})
+    record = archive_run(run.name, run, settings, recipient)
+    [run_key] = seen_keys
+    assert archived_members(record, run_key) == [
+        b"victim\\061", b"victim\\061/" + SENTINEL.encode(), b"victim\\061/RunInfo.xml",
+    ]  # fmt: skip
+    assert record["members"] == 3
+    assert entries(neighbour) != entries(run)
+
+
+VERBATIM_TAR_COMMAND = tarstream.tar_command
+
+
+def unquoting_tar(run_path: Path, exclusions=()) -> list[str]:
+    """The tar command as it was before names were passed verbatim."""
+    return [arg for arg in VERBATIM_TAR_COMMAND(run_path, exclusions) if arg != "--no-unquote"]
+
+
+def test_a_tar_member_from_outside_the_run_folder_fails_the_attempt(
+    outputs, recipient, tmp_path, monkeypatch
+):
+    sequencer = tmp_path / "seq" / "seqA"
+    make_run(sequencer, "victim1", "neighbour.txt")
+    run = make_run(sequencer, "victim\\061", "RunInfo.xml")
+    monkeypatch.setattr(tarstream, "tar_command", unquoting_tar)  # a tar decoding the name
+    with pytest.raises(ToolError) as raised:
+        archive_run(run.name, run, outputs, recipient)
+    assert str(raised.value) == (
+        "tar archived 'victim1' (and 2 more), which is not an entry of run folder "
+        f"{run}: the archive would not hold exactly that folder; not archived"
+    )
+    assert list(outputs.destination_path.iterdir()) == []
+    assert list(outputs.keys_path.iterdir()) == []
+
+
+def test_a_hard_link_to_a_name_outside_the_run_folder_fails_the_attempt(
+    outputs, recipient, tmp_path, monkeypatch
+):
+    run = make_run(tmp_path / "seq" / "seqA", "run_1", "link")
+    stream = tmp_path / "crafted.tar"  # a tar stream naming another folder's file
+    with tarfile.open(stream, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(run, "run_1", recursive=False)
+        tar.add(run / SENTINEL, f"run_1/{SENTINEL}")
+        link = tarfile.TarInfo("run_1/link")
+        link.type, link.linkname = tarfile.LNKTYPE, "run_2/secret"
+        tar.addfile(link)
+    monkeypatch.setattr(tarstream, "tar_command", lambda *args: ["cat", str(stream)])
+    with pytest.raises(ToolError, match=r"^tar archived 'run_2/secret', which is not an entry"):
+        archive_run("run_1", run, outputs, recipient)
+    assert list(outputs.destination_path.iterdir()) == []
+    assert list(outputs.keys_path.iterdir()) == []
 
 
 # -- attempt_run: the pipeline inside the store's transitions --------------------------

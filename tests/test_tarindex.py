@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 
@@ -41,7 +42,7 @@ segment = st.text(alphabet=st.sampled_from("abcXYZ019 _-.'\"éü日"), min_size=
 )
 member = st.tuples(
     st.lists(segment, min_size=1, max_size=5).map("/".join),
-    st.sampled_from(["file", "dir", "symlink"]),
+    st.sampled_from(["file", "dir", "symlink", "hardlink"]),
     st.integers(min_value=0, max_value=3000),
 )
 
@@ -59,9 +60,9 @@ def build_archive(members: list[tuple[str, str, int]], fmt: int) -> tuple[bytes,
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
                 names.append(name.encode() + b"/")  # tarfile writes dirs with a slash
-            elif kind == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = "target/" * (size // 20)  # long ones need 'K' / pax
+            elif kind in ("symlink", "hardlink"):
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = "target/" * (size // 20) + str(i)  # long: 'K' / pax
                 tar.addfile(info)
                 names.append(name.encode())
             else:
@@ -90,14 +91,29 @@ def test_matches_tarfile_archives_at_any_chunk_boundaries(members, fmt, chunks):
     index = TarIndex()
     index.feed(data)
     assert index.archived_names == content_names(data)
+    assert index.other_names == other_names(data)
+
+
+def tarfile_members(data: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tar:
+        return tar.getmembers()
+
+
+def raw(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
 
 
 def content_names(data: bytes) -> set[bytes]:
     """Names of the directory and regular-file members, as tarfile reads them."""
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tar:
-        return {
-            m.name.encode("utf-8", "surrogateescape") for m in tar if m.isdir() or m.isreg()
-        }
+    return {raw(m.name) for m in tarfile_members(data) if m.isdir() or m.isreg()}
+
+
+def other_names(data: bytes) -> set[bytes]:
+    """Names of the other members and of hard links' targets, as tarfile reads them."""
+    members = tarfile_members(data)
+    return {raw(m.name) for m in members if not (m.isdir() or m.isreg())} | {
+        raw(m.linkname) for m in members if m.islnk()
+    }
 
 
 def test_ustar_prefix_field_is_part_of_the_name():
@@ -128,6 +144,47 @@ def test_gnu_tar_stream_of_a_run_folder(run_folder, step):
     index.feed(stream)
     assert index.archived_names == content_names(stream)
     assert f"{spec.path.name}/RunInfo.xml".encode() in index.archived_names
+    assert index.other_names == other_names(stream)
+    run = spec.path.name
+    assert {f"{run}/link_long_target", f"{run}/RunInfo.xml"} <= {
+        os.fsdecode(name) for name in index.other_names
+    }  # a symlink; a hard link's target (and a regular file)
+
+
+def test_links_fifos_and_hard_link_targets_are_the_other_names(tmp_path):
+    run = tmp_path / "run"
+    (run / ("d" * 120)).mkdir(parents=True)
+    first = run / ("d" * 120) / ("first" * 30)  # both names need GNU 'L' / 'K' headers
+    first.write_text("linked\n")
+    os.link(first, run / ("second" * 30))
+    os.symlink("/etc/passwd", run / "symlink")
+    os.mkfifo(run / "fifo")
+    stream = tar_by_hand(run)
+    index = TarIndex()
+    index.feed(stream)
+    linked = {b"run/" + b"second" * 30, b"run/" + b"d" * 120 + b"/" + b"first" * 30}
+    # whichever tar met first is a regular file, the other a hard link to it
+    assert len(linked & index.archived_names) == 1
+    assert index.other_names == linked | {b"run/symlink", b"run/fifo"}  # not "/etc/passwd"
+    assert index.other_names == other_names(stream)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_a_hard_link_target_is_read_from_every_header_kind(fmt):
+    target = "run/" + "t" * (200 if fmt != tarfile.USTAR_FORMAT else 90)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        info = tarfile.TarInfo("run/link")
+        info.type = tarfile.LNKTYPE
+        info.linkname = target
+        tar.addfile(info)
+        info = tarfile.TarInfo("run/next")  # the long link name must not stick to it
+        info.type = tarfile.SYMTYPE
+        info.linkname = "elsewhere"
+        tar.addfile(info)
+    index = TarIndex()
+    index.feed(out.getvalue())
+    assert index.other_names == {b"run/link", target.encode(), b"run/next"}
 
 
 def test_base256_size_of_a_huge_member_is_skipped_by_arithmetic():

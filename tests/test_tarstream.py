@@ -39,6 +39,7 @@ def test_command_is_an_argument_list_with_exclusions_verbatim():
     assert tar_command(Path("/data/seq/A/run 1"), ["Demultiplex*", "--weird pattern"]) == [
         "tar",
         "--format=gnu",
+        "--no-unquote",
         "-C",
         "/data/seq/A",
         "--exclude=Demultiplex*",
@@ -117,3 +118,83 @@ def test_cancel_while_tar_is_silent_is_prompt(tmp_path):
             read_all(tar)
         assert time.monotonic() - started < 2
     assert not group_alive(pid)  # killed although stopped
+
+
+def tar_names(data: bytes) -> list[bytes]:
+    """Member names as tar lists them, raw (no trailing slash)."""
+    listed = subprocess.run(
+        ["tar", "--quoting-style=literal", "-tf", "-"], input=data, capture_output=True, check=True
+    ).stdout
+    return [name.rstrip(b"/") for name in listed.splitlines()]
+
+
+def entries(run: Path) -> list[bytes]:
+    """The run folder and everything in it, named as tar members (raw bytes)."""
+    parent = os.fsencode(run.parent)
+    found = [os.fsencode(run.name)]
+    for directory, dirs, files in os.walk(os.fsencode(run)):
+        found += [os.path.relpath(os.path.join(directory, n), parent) for n in dirs + files]
+    return sorted(found)
+
+
+# Run folder names GNU tar would decode on its command line, and what they decode to.
+UNQUOTED_NAMES = {
+    "octal_neighbour": "victim\\061",  # -> victim1, a real folder next to it
+    "octal_dot": "\\056",  # -> ".": the whole sequencer folder
+    "octal_dotdot": "\\056\\056",  # -> "..": the whole sequencing tree
+    "backslash": "back\\\\slash",  # -> back\slash: "Cannot stat"
+    "backslash_n": "line\\nfeed",  # -> a newline
+    "octal_backslash": "\\134",  # -> a lone backslash
+}
+
+
+@pytest.mark.parametrize("name", UNQUOTED_NAMES.values(), ids=UNQUOTED_NAMES.keys())
+def test_the_run_folder_name_reaches_tar_verbatim(tmp_path, name):
+    sequencer = tmp_path / "seq" / "seqA"
+    for decoy in ("victim1", "back\\slash", "line\nfeed", "\\"):
+        (sequencer / decoy).mkdir(parents=True, exist_ok=True)
+        (sequencer / decoy / "not_this_run.txt").write_text("decoy\n")
+    run = sequencer / name
+    run.mkdir()
+    (run / "RunInfo.xml").write_text("<RunInfo/>\n")
+    (run / "inside\\061 \\\\ \\n.txt").write_text("a backslash inside\n")
+    with TarStream(run) as tar:
+        data = read_all(tar)
+        tar.finish()
+    assert sorted(tar_names(data)) == entries(run)
+
+
+def test_backslashes_in_the_parent_folder_are_taken_verbatim(tmp_path):
+    for parent in ("se\\061q", "seq1"):  # tar never unquotes -C's directory
+        (tmp_path / parent / "run").mkdir(parents=True)
+        (tmp_path / parent / "run" / f"in_{parent}").write_text(parent)
+    run = tmp_path / "se\\061q" / "run"
+    with TarStream(run) as tar:
+        data = read_all(tar)
+        tar.finish()
+    assert sorted(tar_names(data)) == entries(run) == [b"run", b"run/in_se\\061q"]
+
+
+# Exclusions are fnmatch patterns where a backslash escapes the next character, exactly
+# as for tar --exclude typed on a command line (with or without --no-unquote).
+BACKSLASH_EXCLUSIONS = {
+    "x\\061": {"x061"},  # \0 is a literal 0: not "x1", not the name "x\061"
+    "y\\*": {"y*"},  # a literal star
+    "*\\\\*": {"x\\061", "a\\b"},  # any name holding a backslash
+    "a\\b": {"ab"},
+}
+
+
+@pytest.mark.parametrize("pattern, excluded", BACKSLASH_EXCLUSIONS.items())
+def test_exclusions_with_backslashes_match_as_on_tars_command_line(tmp_path, pattern, excluded):
+    run = tmp_path / "run"
+    run.mkdir()
+    names = {"x061", "x1", "x\\061", "y*", "yz", "a\\b", "ab"}
+    for name in names:
+        (run / name).write_text(name)
+    with TarStream(run, exclusions=[pattern]) as tar:
+        data = read_all(tar)
+        tar.finish()
+    assert data == tar_by_hand(run, [pattern])  # the documented command, by hand
+    kept = {os.fsdecode(name)[len("run/") :] for name in tar_names(data)[1:]}
+    assert kept == names - excluded

@@ -23,6 +23,8 @@ class EncryptResult:
         seconds: wall-clock time the engine took.
         archived_names: names of the directory and regular-file members (raw bytes, no
             trailing slash), to check they did not change (:mod:`dfarchive.folderstamps`).
+        other_names: names of the other members and of hard links' targets (raw bytes,
+            no trailing slash), to check they, too, are entries of the run folder.
     """
 
     engine: str
@@ -33,6 +35,7 @@ class EncryptResult:
     members_sha256: str
     seconds: float
     archived_names: frozenset[bytes] = frozenset()
+    other_names: frozenset[bytes] = frozenset()
 
 
 class Engine(Protocol):

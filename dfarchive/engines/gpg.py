@@ -79,4 +79,5 @@ class GpgEngine:
             members_sha256=summary.members_sha256,
             seconds=time.monotonic() - started,
             archived_names=plaintext.archived_names,
+            other_names=plaintext.other_names,
         )

@@ -76,6 +76,11 @@ class PlaintextTap:
         """The directory and regular-file members seen so far (no trailing slash)."""
         return frozenset(self._index.archived_names)
 
+    @property
+    def other_names(self) -> frozenset[bytes]:
+        """The other members and hard links' targets seen so far (no trailing slash)."""
+        return frozenset(self._index.other_names)
+
     def finish(self) -> tuple[str, TarSummary]:
         """Report final progress; return the hex SHA-256 and the tar summary.
 

@@ -55,6 +55,15 @@ ODD_FILE_NAMES = (
     b"n" * 200,
 )
 LONG_RUN = "L" * 250  # <run>.tar.gpg.partial would be 266 bytes: over NAME_MAX
+BACKSLASH_RUNS = {  # names GNU tar decodes on its command line unless told not to
+    "octal_neighbour": "victim\\061",  # -> victim1, the run next to it
+    "octal_dot": "\\056",  # -> ".": the whole sequencer folder
+    "octal_dotdot": "\\056\\056",  # -> "..": the whole sequencing tree
+    "backslash": "back\\\\slash",  # -> back\slash: not found
+    "backslash_n": "line\\nfeed",  # -> a newline
+}
+BACKSLASH_INSIDE = "in\\061side \\\\.txt"  # a file name tar must keep as it is, too
+NEIGHBOUR = "victim1"
 
 
 @dataclass
@@ -157,6 +166,11 @@ def build_zoo(ws: Workspace, outside: Path) -> None:
     run = ws.make_run("seqA", "special_excluded")  # the operator's remedy: tar_exclusions
     os.mknod(run / "ipc.sock", stat.S_IFSOCK | 0o600)
     os.mknod(run / "tty.dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+
+    for run_id in BACKSLASH_RUNS.values():
+        run = ws.make_run("seqA", run_id)
+        (run / BACKSLASH_INSIDE).write_text("a backslash inside\n")
+    (ws.make_run("seqA", NEIGHBOUR) / "neighbour_only.txt").write_text("victim1's own\n")
 
     ws.make_run("seqA", "_reserved")
     ws.make_run("seqA", "new\nline_run")
@@ -325,6 +339,28 @@ def test_the_same_run_name_under_two_sequencers_is_flagged(zoo: Zoo) -> None:
     [flagged] = zoo.messages("seqB/dup_run")
     assert "ERROR" in flagged
     assert str(zoo.ws.seq / "seqA" / "dup_run") in flagged
+
+
+@pytest.mark.parametrize("run_id", BACKSLASH_RUNS.values(), ids=BACKSLASH_RUNS.keys())
+def test_a_run_named_with_backslashes_archives_exactly_its_own_folder(
+    zoo: Zoo, run_id: str, tmp_path: Path
+) -> None:
+    doc = zoo.doc(run_id)
+    assert doc["status"] == "encrypted", doc.get("last_error")
+    assert sorted(m.name for m in zoo.members(run_id)) == [
+        run_id, f"{run_id}/{SENTINEL}", f"{run_id}/RunInfo.xml", f"{run_id}/{BACKSLASH_INSIDE}",
+    ]  # fmt: skip
+    assert doc["archive"]["members"] == 4
+    restored = zoo.restore(run_id, tmp_path)
+    assert tree_snapshot(restored) == tree_snapshot(zoo.ws.seq / "seqA" / run_id)
+
+
+def test_the_neighbour_a_backslash_name_decodes_to_is_archived_as_itself(zoo: Zoo) -> None:
+    assert zoo.doc(NEIGHBOUR)["status"] == "encrypted"
+    assert sorted(m.name for m in zoo.members(NEIGHBOUR)) == [
+        NEIGHBOUR, f"{NEIGHBOUR}/{SENTINEL}", f"{NEIGHBOUR}/RunInfo.xml",
+        f"{NEIGHBOUR}/neighbour_only.txt",
+    ]  # fmt: skip
 
 
 def test_a_symlinked_sequencer_folder_is_followed(zoo: Zoo) -> None:
