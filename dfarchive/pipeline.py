@@ -4,11 +4,13 @@ pre-flight (stamping the folder's entries) → tar + encrypt to ``<run>.tar.gpg.
 → fsync → validate (decrypt, MDC, length, tar headers) → wrap the run key to the
 recipient into ``<run>.key.gpg.partial`` → last checks that we may publish (the archive
 holds exactly the folder's entries, the folder is as tar saw it, the claim is still
-ours) → rename both into place → fsync the directories → the archive record.
+ours) → rename the key into place, fsync its directory → rename the archive into place,
+fsync its directory → the archive record.
 
 Any failure or cancellation removes every partial file; a file under its final name
-is always complete and validated. The run key exists only in this process's memory
-and in the pipes to tar/gpg children; the source folder is only read.
+is always complete and validated, and an archive under its final name always has its
+key beside it (the key is published first, durably). The run key exists only in this
+process's memory and in the pipes to tar/gpg children; the source folder is only read.
 """
 
 from __future__ import annotations
@@ -230,11 +232,10 @@ def archive_run(
         if before_publish is not None:
             before_publish()
         _check(cancel)
-        final_archive = archive.publish()
         final_key = key.publish()
+        fsync_directory(settings.keys_path)  # durable before the archive can be
+        final_archive = archive.publish()
         fsync_directory(settings.destination_path)
-        if settings.keys_path != settings.destination_path:
-            fsync_directory(settings.keys_path)
     seconds = time.monotonic() - started
     log.info(
         "[%s] archived: %s (%.0f MB/s end to end)",

@@ -3,6 +3,7 @@ publish, and the store transitions around it (attempt_run)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -21,6 +22,7 @@ from dfarchive.errors import PreflightError, RecipientError, ToolError
 from dfarchive.keys import Recipient, resolve_recipient
 from dfarchive.openpgp import decrypt
 from dfarchive.pipeline import ArchiveSettings, archive_run
+from dfarchive.publish import PartialFile
 from dfarchive.restore import restore_archive
 from dfarchive.store import NewRun, SqliteStore
 
@@ -323,6 +325,56 @@ def test_a_hard_link_to_a_name_outside_the_run_folder_fails_the_attempt(
         archive_run("run_1", run, outputs, recipient)
     assert list(outputs.destination_path.iterdir()) == []
     assert list(outputs.keys_path.iterdir()) == []
+
+
+# -- publishing: the key before the archive ----------------------------------------------
+
+
+def test_the_key_is_published_durably_before_the_archive(
+    outputs, recipient, run_folder, monkeypatch
+):
+    run = run_folder(small_files=5, big_files=0)
+    events: list[tuple[str, str]] = []
+    publish, fsync_directory = PartialFile.publish, pipeline.fsync_directory
+
+    def recording_publish(self: PartialFile) -> Path:
+        events.append(("rename", self.final.name))
+        return publish(self)
+
+    def recording_fsync(path: Path) -> None:
+        events.append(("fsync", Path(path).name))
+        fsync_directory(path)
+
+    monkeypatch.setattr(PartialFile, "publish", recording_publish)
+    monkeypatch.setattr(pipeline, "fsync_directory", recording_fsync)
+    archive_run(run.path.name, run.path, outputs, recipient)
+    assert events == [
+        ("rename", f"{run.path.name}.key.gpg"),
+        ("fsync", "keys"),
+        ("rename", f"{run.path.name}.tar.gpg"),
+        ("fsync", "archives"),
+    ]
+
+
+def test_a_failure_between_the_two_renames_leaves_no_archive_without_its_key(
+    outputs, recipient, run_folder, monkeypatch
+):
+    run = run_folder(small_files=5, big_files=0)
+    publish = PartialFile.publish
+    published: list[Path] = []
+
+    def second_rename_fails(self: PartialFile) -> Path:
+        if published:
+            raise OSError(errno.EIO, "injected I/O error", str(self.final))
+        published.append(publish(self))
+        return published[-1]
+
+    monkeypatch.setattr(PartialFile, "publish", second_rename_fails)
+    with pytest.raises(OSError, match="injected"):
+        archive_run(run.path.name, run.path, outputs, recipient)
+    assert published == [outputs.keys_path / f"{run.path.name}.key.gpg"]
+    assert list(outputs.destination_path.iterdir()) == []  # no archive, no partial
+    assert [p.name for p in outputs.keys_path.iterdir()] == [f"{run.path.name}.key.gpg"]
 
 
 # -- attempt_run: the pipeline inside the store's transitions --------------------------
