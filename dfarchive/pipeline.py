@@ -46,8 +46,6 @@ KEY_MODE = 0o600
 FREE_SPACE_MARGIN = 256 * 1024 * 1024
 #: Rough tar overhead per entry (header block + padding), for the size estimate.
 TAR_ENTRY_OVERHEAD = 1024
-#: Progress is reported at most this often.
-PROGRESS_INTERVAL = 1.0
 
 Progress = Callable[[int, int], None]
 
@@ -149,19 +147,18 @@ def preflight(run_path: Path, settings: ArchiveSettings) -> tuple[Stamps, int]:
     return stamps, estimate
 
 
-class _Throttled:
-    """Calls ``progress(done, total)`` at most once per PROGRESS_INTERVAL."""
+def _with_total(progress: Progress | None, total: int) -> Callable[[int], None] | None:
+    """The engine's progress callback: ``progress(done, total)``, the estimate as total
+    until ``done`` passes it. Not throttled again: the engine throttles its reports,
+    and its last one (all of tar's bytes) must arrive."""
+    if progress is None:
+        return None
+    report = progress
 
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress = progress
-        self.total = total
-        self.last = 0.0
+    def engine_progress(done: int) -> None:
+        report(done, max(total, done))
 
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        if self.progress is not None and now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            self.progress(done, max(self.total, done))
+    return engine_progress
 
 
 def archive_run(
@@ -177,7 +174,8 @@ def archive_run(
     """Archive, validate and publish one run; return the record for its document.
 
     Parameters:
-      progress: called with (plaintext bytes done, estimated total), about once a second.
+      progress: called with (plaintext bytes done, estimated total) on the first chunk,
+        about once a second, and once more when tar's output ended (every byte counted).
       cancel: when set, children are stopped, partial files removed, Cancelled raised.
       before_publish: last check before the renames (e.g. "do we still hold the
         claim?"); raising from it aborts and cleans up like any other failure.
@@ -198,7 +196,7 @@ def archive_run(
             archive.open(direct=settings.direct_io),
             passphrase,
             exclusions=settings.tar_exclusions,
-            progress=_Throttled(progress, estimate),
+            progress=_with_total(progress, estimate),
             cancel=cancel,
         )
         archive.sync()

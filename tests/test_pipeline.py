@@ -12,12 +12,13 @@ import subprocess
 import tarfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from dfarchive import keys, pipeline, tarstream
 from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.engines import ENGINE_NAMES
+from dfarchive.engines import ENGINE_NAMES, tap
 from dfarchive.errors import PreflightError, RecipientError, ToolError
 from dfarchive.keys import Recipient, resolve_recipient
 from dfarchive.openpgp import decrypt
@@ -375,6 +376,29 @@ def test_a_failure_between_the_two_renames_leaves_no_archive_without_its_key(
     assert published == [outputs.keys_path / f"{run.path.name}.key.gpg"]
     assert list(outputs.destination_path.iterdir()) == []  # no archive, no partial
     assert [p.name for p in outputs.keys_path.iterdir()] == [f"{run.path.name}.key.gpg"]
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_the_last_progress_report_counts_every_byte_tar_wrote(
+    engine, outputs, recipient, tmp_path, monkeypatch
+):
+    run = make_run(tmp_path / "seq" / "seqA", "run_1")
+    (run / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
+    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # every report falls in one instant
+    monkeypatch.setattr(tap, "time", frozen)
+    monkeypatch.setattr(pipeline, "time", frozen)
+    reports: list[tuple[int, int]] = []
+    settings = ArchiveSettings(**{**outputs.__dict__, "engine": engine})
+    record = archive_run(
+        "run_1", run, settings, recipient, progress=lambda *report: reports.append(report)
+    )
+    size = record["plaintext_size"]
+    assert reports[0][0] < size  # the first chunk, reported at once
+    assert reports[-1][0] == size  # and the end, although within the same second
+    assert reports[-1][1] >= size
 
 
 # -- attempt_run: the pipeline inside the store's transitions --------------------------
