@@ -26,8 +26,9 @@
 Every command takes ``-c/--config PATH`` (else ``$ARCHIVE_CONFIG``, else
 ``~/conf/df_archive.yaml``). Exit codes: 0 ok; 1 a check failed (unknown run, run not
 in a state that allows the action, archive mismatch, restore refused or failed
-verification); 2 usage, configuration or start-up error (one line on stderr), and
-for ``verify`` a run that has no archive to verify; 130 interrupted.
+verification, a run ``adopt`` could not adopt); 2 usage, configuration or start-up
+error (one line on stderr), and for ``verify`` a run that has no archive to verify;
+130 interrupted.
 
 ``status --json`` prints one JSON array of the run documents exactly as stored, in run
 id order. Each holds the original ``dataflow_archive`` fields: ``_id`` (string, the run
@@ -545,7 +546,7 @@ class _Adopter:
             )
         if doc.get("archive") is not None:
             self.recorded += 1
-            print(f"{run_id}: already has an archive record; nothing to adopt")
+            print(f"{run_id}: already has an archive record; nothing to adopt", flush=True)
             self.remove_leftover(run_id)
             return None
         try:
@@ -569,7 +570,8 @@ class _Adopter:
         )
         print(
             f"{run_id}: adopted {record['file']} ({record['size']} bytes, SHA-256 "
-            f"{record['sha256']}{plaintext}); key {record['key_file']}"
+            f"{record['sha256']}{plaintext}); key {record['key_file']}",
+            flush=True,  # one line per run as it goes, even into a file
         )
         self.remove_leftover(run_id)
         return None
@@ -581,7 +583,7 @@ class _Adopter:
 
     def _refused(self, run_id: str, reason: str) -> None:
         self.failed += 1
-        print(f"{run_id}: NOT adopted: {reason}")
+        print(f"{run_id}: NOT adopted: {reason}", flush=True)
 
     def summary(self) -> str:
         parts = [f"{self.adopted} adopted"]
