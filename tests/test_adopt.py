@@ -354,9 +354,11 @@ def test_adopt_all_records_the_legacy_archives(
     assert code == 0, out + err
     assert tree(tmp_path / "r" / "run_whole") == tree(facility["seq"] / "seqA" / "run_whole")
 
-    # a second pass finds nothing left to adopt
+    # a second pass finds nothing left to adopt, but still clears a leftover key
+    (facility["archives"] / "run_newline.key").write_bytes(NEWLINE_KEY)
     code, out, _ = run_cli(capsys, "adopt", "--all", "-c", str(config))
     assert (code, out) == (0, "adopt: 0 adopted\n")
+    assert not (facility["archives"] / "run_newline.key").exists()
 
 
 def test_adopt_deep_records_the_plaintext(
