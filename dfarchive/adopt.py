@@ -111,7 +111,6 @@ class ArchiveShape:
 
     session_keys: int
     cipher: int
-    s2k: S2K
 
 
 def check_symmetric_message(source: BinaryIO, *, whole: bool = True) -> ArchiveShape:
@@ -124,18 +123,18 @@ def check_symmetric_message(source: BinaryIO, *, whole: bool = True) -> ArchiveS
     Raises: CryptoError saying what is wrong.
     """
     src = Buffered(FileStream(source, READ_SIZE, None), READ_SIZE)
-    session_keys: list[tuple[int, S2K]] = []
+    ciphers: list[int] = []
     while True:
         header = read_header(src)
         if header is None:
             raise IntegrityError(
-                "truncated before the encrypted data" if session_keys else "empty file"
+                "truncated before the encrypted data" if ciphers else "empty file"
             )
         if header.tag == p.TAG_SKESK:
-            session_keys.append(_parse_skesk(read_small_body(src, header, MAX_SESSION_PACKET)))
+            ciphers.append(_parse_skesk(read_small_body(src, header, MAX_SESSION_PACKET)))
         elif header.tag == p.TAG_MARKER:
             read_small_body(src, header, MAX_SESSION_PACKET)
-        elif header.tag == p.TAG_SEIPD and session_keys:
+        elif header.tag == p.TAG_SEIPD and ciphers:
             break
         elif header.tag == p.TAG_SEIPD:
             raise IntegrityError("no passphrase-encrypted session key (SKESK) packet")
@@ -154,17 +153,17 @@ def check_symmetric_message(source: BinaryIO, *, whole: bool = True) -> ArchiveS
             raise IntegrityError(f"the encrypted data packet is too short ({length} bytes)")
         if not src.at_end():
             raise IntegrityError("data after the end of the encrypted data packet")
-    cipher, s2k = session_keys[0]
-    return ArchiveShape(session_keys=len(session_keys), cipher=cipher, s2k=s2k)
+    return ArchiveShape(session_keys=len(ciphers), cipher=ciphers[0])
 
 
-def _parse_skesk(body: bytes) -> tuple[int, S2K]:
+def _parse_skesk(body: bytes) -> int:
+    """The cipher of a SKESK v4 packet, after checking its S2K specifier parses."""
     if len(body) < 2 or body[0] != p.SKESK_VERSION:
         raise IntegrityError(
             f"symmetric-key session key packet version {body[:1].hex() or 'missing'}, not 4"
         )
-    s2k, _ = S2K.parse(body[2:])
-    return body[1], s2k
+    S2K.parse(body[2:])
+    return body[1]
 
 
 @dataclass(frozen=True)
