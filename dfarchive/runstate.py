@@ -285,6 +285,28 @@ def retry(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
     return _touch(doc, now, status=PENDING, failure_count=0, enqueued_at=None)
 
 
+def adopt(doc: Mapping[str, Any], *, record: Mapping[str, Any], now: datetime) -> RunDocument:
+    """Operator action: record the archive of a run the original tool archived.
+
+    Only an ``encrypted`` run without an archive record can be adopted; ``record``
+    becomes its ``archive``, with ``adopted_at`` = ``now``. The original fields keep
+    their values (``updated_at`` and ``worker_id`` still say when and where the original
+    tool archived the run). A document already holding exactly this record is returned
+    unchanged (a retried write that committed).
+    """
+    adopted = {**record, "adopted_at": timestamp(now)}
+    if doc.get("archive") == adopted:
+        return doc  # type: ignore[return-value]
+    if doc.get("status") != ENCRYPTED:
+        raise TransitionRefused(
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only encrypted runs can be "
+            "adopted"
+        )
+    if doc.get("archive") is not None:
+        raise TransitionRefused(f"run {doc.get('_id')!r} already has an archive record")
+    return {**doc, "archive": adopted}
+
+
 def mark_enqueued(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
     """Record that an ``archive_run`` message was just sent for this pending run."""
     if doc.get("status") != PENDING:

@@ -86,8 +86,10 @@ def age(doc: Document, now: datetime) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def row(doc: Document, now: datetime) -> tuple[str, ...]:
-    """The cells of one document, in :data:`HEADERS` order."""
+def row(doc: Document, now: datetime, note: str = "") -> tuple[str, ...]:
+    """The cells of one document, in :data:`HEADERS` order; ``note`` (something found
+    outside the document, e.g. a leftover file) goes before the last error."""
+    error = _text(doc.get("last_error")) if doc.get("last_error") else ""
     return (
         _text(doc.get("_id")),
         _text(doc.get("sequencer")),
@@ -97,7 +99,7 @@ def row(doc: Document, now: datetime) -> tuple[str, ...]:
         _text(doc.get("worker_id")),
         age(doc, now),
         str(failure_count(doc)),
-        _text(doc.get("last_error")) if doc.get("last_error") else "",
+        "; ".join(text for text in (_text(note) if note else "", error) if text),
     )
 
 
@@ -109,7 +111,13 @@ def _cut(text: str, width: int) -> str:
     return text[: width - len(ELLIPSIS)] + ELLIPSIS
 
 
-def render_table(docs: Iterable[Document], now: datetime, *, width: int | None = None) -> list[str]:
+def render_table(
+    docs: Iterable[Document],
+    now: datetime,
+    *,
+    width: int | None = None,
+    notes: Mapping[str, str] | None = None,
+) -> list[str]:
     """The table as lines (header first), without trailing spaces.
 
     Parameters:
@@ -117,8 +125,10 @@ def render_table(docs: Iterable[Document], now: datetime, *, width: int | None =
       now: the current time (UTC-aware), for the age column.
       width: the terminal width; the last-error column is cut to fit it, and if even
         the other columns don't fit, every line is cut. None: nothing is cut.
+      notes: by run id, a note shown first in the last column.
     """
-    rows = [row(doc, now) for doc in docs]
+    notes = notes or {}
+    rows = [row(doc, now, notes.get(str(doc.get("_id")), "")) for doc in docs]
     fixed = len(HEADERS) - 1
     widths = [max(len(r[i]) for r in [HEADERS, *rows]) for i in range(fixed)]
     lines = []

@@ -187,6 +187,29 @@ def test_status_table(store: SqliteStore, archived: ArchivedRun, capsys) -> None
     assert out.splitlines()[-1] == "1 run: 1 pending (status pending)"
 
 
+def test_status_flags_plaintext_keys_the_original_tool_left(
+    store: SqliteStore, tmp_path: Path, capsys
+) -> None:
+    add_run(store, "run_pending")
+    add_run(store, "run_other")
+    leftover = tmp_path / "dest" / "run_pending.key"
+    leftover.write_bytes(b"\x01\x02\n")
+    (tmp_path / "dest" / "unknown_run.key").write_bytes(b"x")  # not a run we know
+    warning = (
+        f"dfarchive: warning: plaintext run key {leftover} left by dataflow_archive; it is "
+        "removed when dfarchive archives or adopts that run\n"
+    )
+    code, out, err = run_cli(capsys, "status")
+    assert (code, err) == (0, warning)
+    flagged = next(line for line in out.splitlines() if line.startswith("run_pending"))
+    assert flagged.endswith(f"plaintext key {leftover} left")
+    assert "left" not in next(line for line in out.splitlines() if line.startswith("run_other"))
+    # --json prints the documents exactly as stored: the warning goes to stderr only
+    code, out, err = run_cli(capsys, "status", "--json")
+    assert (code, err) == (0, warning)
+    assert json.loads(out) == store.runs()
+
+
 def test_status_of_an_empty_store(store: SqliteStore, capsys) -> None:
     assert run_cli(capsys, "status") == (0, "0 runs\n", "")
     assert run_cli(capsys, "status", "--json") == (0, "[]\n", "")

@@ -123,3 +123,12 @@ def test_summary_line() -> None:
     assert summary_line(docs) == (
         "6 runs: 2 pending, 1 processing, 1 encrypted, 1 failed, 1 archived?"
     )
+
+
+def test_a_note_goes_first_in_the_last_column() -> None:
+    note = "plaintext key /dest/run_4.key left"
+    assert row(FAILED, NOW, note)[-1] == f"{note}; ToolError: tar exited 2 boom"
+    assert row(doc(), NOW, "line\nbreak")[-1] == "line break"
+    lines = render_table([doc(), FAILED], NOW, notes={"run_1": note})
+    assert lines[1].endswith(f"  {note}")
+    assert lines[2].endswith("  ToolError: tar exited 2 boom")

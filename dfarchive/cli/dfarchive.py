@@ -17,13 +17,18 @@
                                         ``DIR/RUN`` (``--archive``/``--key`` to
                                         restore without a store entry)
 ``dfarchive scheduler [--once]``        the scheduling loop feeding dramatiq workers
+``dfarchive adopt RUN… | --all``        record the archives the original
+                                        ``dataflow_archive`` tool made (see
+                                        :mod:`dfarchive.adopt`); ``--deep`` also
+                                        decrypts them
 ======================================  =============================================
 
 Every command takes ``-c/--config PATH`` (else ``$ARCHIVE_CONFIG``, else
 ``~/conf/df_archive.yaml``). Exit codes: 0 ok; 1 a check failed (unknown run, run not
 in a state that allows the action, archive mismatch, restore refused or failed
-verification); 2 usage, configuration or start-up error (one line on stderr), and
-for ``verify`` a run that has no archive to verify; 130 interrupted.
+verification, a run ``adopt`` could not adopt); 2 usage, configuration or start-up
+error (one line on stderr), and for ``verify`` a run that has no archive to verify;
+130 interrupted.
 
 ``status --json`` prints one JSON array of the run documents exactly as stored, in run
 id order. Each holds the original ``dataflow_archive`` fields: ``_id`` (string, the run
@@ -58,7 +63,7 @@ from .. import __version__
 from ..config import CONFIG_ENV, Config, config_path
 from ..errors import DfArchiveError, TransitionRefused, UnknownRun
 from ..logs import setup_logging
-from ..runstate import STATUSES, RunDocument
+from ..runstate import ENCRYPTED, STATUSES, RunDocument
 from ..status_view import render_table, summary_line
 from ..store import RunStore, open_store
 from ..store.base import utc_now
@@ -72,6 +77,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..keys import Recipient
     from ..verify import ArchiveRecord
 
 PROGRAM = "dfarchive"
@@ -149,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = command("scheduler", cmd_scheduler, "run the scheduling loop")
     scheduler.add_argument("--once", action="store_true", help="one pass, then exit")
+
+    adopt = command(
+        "adopt",
+        cmd_adopt,
+        "record the archives and keys the original dataflow_archive tool made for its "
+        "encrypted runs",
+    )
+    adopt.add_argument("run_ids", metavar="RUN_ID", nargs="*")
+    adopt.add_argument(
+        "--all", action="store_true", help="every encrypted run without an archive record"
+    )
+    adopt.add_argument(
+        "--deep",
+        action="store_true",
+        help="also decrypt each archive (needs the recipient's private key), check its "
+        "integrity code and record its plaintext checksum and member count",
+    )
     return parser
 
 
@@ -243,19 +266,42 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The runs as a table, or with ``--json`` as their stored documents."""
+    """The runs as a table, or with ``--json`` as their stored documents.
+
+    Plaintext ``<run>.key`` files the original tool left in destination_path are
+    flagged in the table and, in any case, in a warning on stderr (``--json`` prints
+    the documents exactly as stored).
+    """
     config = _load(args)
     with _open_existing_store(config) as store:
         docs = store.runs(args.status)
+    leftovers = _key_leftovers(config, docs)
     if args.json:
         print(_dump(docs))
-        return EXIT_OK
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    if docs:
-        for line in render_table(docs, utc_now(), width=width):
-            print(line)
-    print(summary_line(docs) + (f" (status {args.status})" if args.status else ""))
+    else:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        notes = {run_id: f"plaintext key {path} left" for run_id, path in leftovers.items()}
+        if docs:
+            for line in render_table(docs, utc_now(), width=width, notes=notes):
+                print(line)
+        print(summary_line(docs) + (f" (status {args.status})" if args.status else ""))
+    for path in leftovers.values():
+        _say(
+            f"warning: plaintext run key {path} left by dataflow_archive; it is removed "
+            "when dfarchive archives or adopts that run"
+        )
     return EXIT_OK
+
+
+def _key_leftovers(config: Config, docs: list[RunDocument]) -> dict[str, Path]:
+    """The original tool's plaintext keys in destination_path, of the runs in ``docs``
+    (none when destination_path can't be listed from this host)."""
+    from ..adopt import legacy_key_leftovers
+
+    try:
+        return legacy_key_leftovers(config.destination_path, (doc["_id"] for doc in docs))
+    except OSError:
+        return {}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -444,3 +490,105 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, graceful)
     with scheduler_metrics(config):  # /metrics on metrics_port, if set
         return run_scheduler(config, once=args.once, stop=stop)
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """Record the original tool's archives: 0 all adopted, 1 any run not adopted."""
+    from ..startup import check_keys_path, check_recipient
+
+    if bool(args.run_ids) == args.all:
+        _say("adopt: give the runs to adopt, or --all (not both)")
+        return EXIT_USAGE
+    config = _load(args)
+    check_keys_path(config)
+    adopter = _Adopter(config, check_recipient(config), deep=args.deep)
+    with _open_existing_store(config) as store:
+        if args.all:
+            docs = store.runs()
+            for doc in docs:
+                if _adoptable(doc):
+                    adopter.adopt(store, doc)
+                elif doc.get("status") == ENCRYPTED:
+                    adopter.remove_leftover(doc["_id"])
+        else:
+            for run_id in args.run_ids:
+                adopter.adopt(store, store.get(run_id) or run_id)
+    print(adopter.summary())
+    return EXIT_CHECK_FAILED if adopter.failed else EXIT_OK
+
+
+def _adoptable(doc: RunDocument) -> bool:
+    return doc.get("status") == ENCRYPTED and doc.get("archive") is None
+
+
+class _Adopter:
+    """Adopts runs one by one: a line per run on stdout, counts for the summary."""
+
+    def __init__(self, config: Config, recipient: Recipient, *, deep: bool) -> None:
+        from ..adopt import recipient_key_ids
+
+        self.config = config
+        self.recipient = recipient
+        self.recipient_keys = recipient_key_ids(recipient, gnupg_home=_gnupg_home(config))
+        self.unwrap = _unwrapper(config) if deep else None
+        self.adopted = self.failed = self.recorded = 0
+
+    def adopt(self, store: RunStore, doc: RunDocument | str) -> None:
+        """Adopt one run (a document, or the id of a run not in the store)."""
+        from ..adopt import AdoptionError, adoption_record
+
+        if isinstance(doc, str):
+            return self._refused(doc, f"no such run in the {store.backend} store")
+        run_id = doc["_id"]
+        if doc.get("status") != ENCRYPTED:
+            return self._refused(
+                run_id, f"it is {doc.get('status')!r}, not encrypted: there is nothing to adopt"
+            )
+        if doc.get("archive") is not None:
+            self.recorded += 1
+            print(f"{run_id}: already has an archive record; nothing to adopt", flush=True)
+            self.remove_leftover(run_id)
+            return None
+        try:
+            record = adoption_record(
+                run_id,
+                destination_path=self.config.destination_path,
+                keys_path=self.config.keys_path,
+                recipient=self.recipient,
+                recipient_keys=self.recipient_keys,
+                unwrap=self.unwrap,
+            )
+            store.adopt(run_id, record)
+        except (AdoptionError, TransitionRefused, UnknownRun) as error:
+            return self._refused(run_id, str(error))
+        self.adopted += 1
+        plaintext = (
+            f"; plaintext {record['plaintext_size']} bytes, {record['members']} members, "
+            "integrity code (MDC) correct"
+            if "plaintext_sha256" in record
+            else ""
+        )
+        print(
+            f"{run_id}: adopted {record['file']} ({record['size']} bytes, SHA-256 "
+            f"{record['sha256']}{plaintext}); key {record['key_file']}",
+            flush=True,  # one line per run as it goes, even into a file
+        )
+        self.remove_leftover(run_id)
+        return None
+
+    def remove_leftover(self, run_id: str) -> None:
+        from ..adopt import remove_legacy_key_leftover
+
+        remove_legacy_key_leftover(self.config.destination_path, run_id)
+
+    def _refused(self, run_id: str, reason: str) -> None:
+        self.failed += 1
+        print(f"{run_id}: NOT adopted: {reason}", flush=True)
+
+    def summary(self) -> str:
+        parts = [f"{self.adopted} adopted"]
+        if self.recorded:
+            parts.append(f"{self.recorded} already recorded")
+        if self.failed:
+            parts.append(f"{self.failed} NOT adopted (nothing recorded for them)")
+        return "adopt: " + ", ".join(parts)

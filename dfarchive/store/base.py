@@ -259,6 +259,12 @@ class RunStore(ABC):
         """Operator action: processing → pending, not counted, whatever the lease says."""
         return self._update(run_id, lambda doc: runstate.force_release(doc, now=self.clock()))
 
+    def adopt(self, run_id: str, record: Mapping[str, Any]) -> RunDocument:
+        """Operator action: an encrypted run without an archive record gets ``record``
+        (see :func:`dfarchive.runstate.adopt`). Raises TransitionRefused otherwise."""
+        now = self.clock()  # once: a retried write must find the very record it wrote
+        return self._update(run_id, lambda doc: runstate.adopt(doc, record=record, now=now))
+
     def due_for_enqueue(self, window_seconds: float) -> list[RunDocument]:
         """Pending runs whose last message is older than ``window_seconds`` (or never sent)."""
         now = self.clock()
