@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.errors import ConnectionClosed, ConnectionFailed
 from dramatiq.middleware import Middleware
 
 from .errors import DfArchiveError
@@ -21,6 +22,10 @@ from .errors import DfArchiveError
 QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
 ACTOR_NAME = "archive_run"
 BROKER_URL_ENV = "DFARCHIVE_BROKER_URL"
+#: What the broker raises when it cannot connect or loses its connection. Named one by
+#: one: their old common base ``dramatiq.errors.ConnectionError`` is deprecated in
+#: Dramatiq 2 and gone in 3, and its new name ``BrokerConnectionError`` is not in 1.x.
+CONNECTION_ERRORS = (ConnectionFailed, ConnectionClosed)
 
 
 class BrokerError(DfArchiveError):
@@ -60,7 +65,7 @@ def check_broker(broker: RabbitmqBroker, url: str) -> None:
     parts = urlsplit(url)
     try:
         broker.declare_queue(QUEUE_NAME, ensure=True)
-    except dramatiq.errors.ConnectionError as error:
+    except CONNECTION_ERRORS as error:
         where = f"{parts.hostname}:{parts.port or 5672}"
         raise BrokerError(f"cannot connect to RabbitMQ at {where} ({error})") from None
 
@@ -79,5 +84,5 @@ def enqueue_archive(broker: dramatiq.Broker, run_id: str) -> None:
     """Publish ``archive_run(run_id)``. Raises BrokerError if the broker is down."""
     try:
         broker.enqueue(archive_message(run_id))
-    except dramatiq.errors.ConnectionError as error:
+    except CONNECTION_ERRORS as error:
         raise BrokerError(f"cannot publish archive_run({run_id!r}): {error}") from None

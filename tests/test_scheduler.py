@@ -5,6 +5,7 @@ pass, and what a pass learnt is reused only while the store says it is unchanged
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dfarchive.config import Config
+from dfarchive.messaging import BrokerError, check_broker, enqueue_archive, make_broker
 from dfarchive.scheduler import schedule_pass
 from dfarchive.store import RunStore, SqliteStore
 
@@ -129,3 +131,31 @@ def test_a_pass_on_a_fresh_store_costs_a_few_requests_whatever_the_runs(
     before = fresh.request_count
     assert schedule_pass(fresh, config, worker_id="s:2").registered == []
     assert fresh.request_count - before == 2  # changes, view
+
+
+# -- an unreachable broker ----------------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_broker_url() -> str:
+    """An AMQP URL to a loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"amqp://archiver:secret@127.0.0.1:{port}/%2F"
+
+
+def test_an_unreachable_broker_is_a_broker_error_naming_where(
+    unreachable_broker_url: str,
+) -> None:
+    """Through the connection errors Dramatiq 2 and 3 raise (the deprecated
+    ``dramatiq.errors.ConnectionError`` would fail here: pytest errors on deprecations)."""
+    broker = make_broker(unreachable_broker_url)
+    port = unreachable_broker_url.rsplit(":", 1)[1].split("/")[0]
+    try:
+        with pytest.raises(BrokerError, match=f"cannot connect to RabbitMQ at 127.0.0.1:{port}"):
+            check_broker(broker, unreachable_broker_url)
+        with pytest.raises(BrokerError, match=r"cannot publish archive_run\('run_1'\)"):
+            enqueue_archive(broker, "run_1")
+    finally:
+        broker.close()
