@@ -226,6 +226,19 @@ class CouchStore(RunStore):
         )
         return None if result is None else {**doc, "_rev": result["rev"]}
 
+    def _replace_many(self, docs: list[RunDocument]) -> list[RunDocument]:
+        """POST ``docs`` to ``_bulk_docs`` with the ``_rev`` each was read with, in one
+        request; CouchDB checks each ``_rev`` and answers a conflict for that one only.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        results = self._call(
+            f"writing {len(docs)} runs",
+            lambda: self._client.post_bulk_docs(db=self.database, bulk_docs={"docs": docs}),
+        )
+        revs = {result["id"]: result["rev"] for result in self._accepted(results, "written")}
+        return [{**doc, "_rev": revs[doc["_id"]]} for doc in docs if doc["_id"] in revs]
+
     def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
         """Insert the documents not stored yet, in one request whatever their number.
 
@@ -243,7 +256,7 @@ class CouchStore(RunStore):
             f"registering {len(todo)} runs",
             lambda: self._client.post_bulk_docs(db=self.database, bulk_docs={"docs": todo}),
         )
-        return self._inserted(results)
+        return [result["id"] for result in self._accepted(results, "registered")]
 
     def _update(self, run_id: str, change: Callable[[RunDocument], RunDocument]) -> RunDocument:
         """The base compare-and-swap loop, one thread of this process at a time per run.
@@ -317,20 +330,26 @@ class CouchStore(RunStore):
         log.info("wrote _design/%s in %s (views: %s)", DESIGN_DOC, self.database, sorted(views))
         return True
 
-    def _inserted(self, results: list[dict[str, Any]]) -> list[str]:
-        inserted = []
+    def _accepted(self, results: list[dict[str, Any]], done: str) -> list[dict[str, Any]]:
+        """The results of a ``_bulk_docs`` request that were written.
+
+        A conflict (another writer was first) is expected and skipped silently; any
+        other refusal is logged with the run's id.
+        """
+        accepted = []
         for result in results:
             if result.get("ok") or ("rev" in result and "error" not in result):
-                inserted.append(result["id"])
-            elif result.get("error") != "conflict":  # conflict: registered by another writer
+                accepted.append(result)
+            elif result.get("error") != "conflict":
                 log.error(
-                    "%s: run %r was not registered: %s: %s",
+                    "%s: run %r was not %s: %s: %s",
                     self._where(),
                     result.get("id"),
+                    done,
                     result.get("error"),
                     result.get("reason"),
                 )
-        return inserted
+        return accepted
 
     def _where(self) -> str:
         return f"CouchDB {self.url} database {self.database!r}"
