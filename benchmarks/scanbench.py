@@ -41,7 +41,7 @@ from benchmarks.couchserver import CouchEndpoint
 from dfarchive.config import Config
 from dfarchive.scheduler import schedule_pass
 from dfarchive.store.base import NewRun, RunStore
-from dfarchive.store.couchdb import VIEWS, CouchStore
+from dfarchive.store.couchdb import LOOKUP_VIEWS, CouchStore
 from dfarchive.store.sqlite import SqliteStore
 
 SENTINEL = ".metadata_rsync_exitcode"
@@ -218,7 +218,7 @@ def bench_original(tree: ScanTree, endpoint: CouchEndpoint) -> dict[str, Any]:
         http.auth = endpoint.auth
         db = f"{endpoint.url}/{name}"
         http.put(db, timeout=HTTP_TIMEOUT).raise_for_status()
-        design = {"views": {"runfolder_id": VIEWS["runfolder_id"]}}
+        design = {"views": LOOKUP_VIEWS}
         http.put(f"{db}/_design/lookup", json=design, timeout=HTTP_TIMEOUT).raise_for_status()
         known = [_original_doc(Path(tree.path) / s / r) for s, r in tree.known_runs]
         known = [{**doc, "status": "encrypted"} for doc in known]
