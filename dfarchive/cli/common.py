@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from ..config import Config, config_path, load_config
+from ..coredumps import disable_core_dumps
 from ..errors import DfArchiveError
 from ..logs import redact, setup_logging
 
@@ -36,7 +37,11 @@ def load(args: argparse.Namespace, *, log: bool = True) -> Config:
 
 
 def run_main(program: str, main: Callable[[], int]) -> None:
-    """Run a command; known errors become one line on stderr and exit 2."""
+    """Run a command; known errors become one line on stderr and exit 2.
+
+    Core dumps are off first: the commands that hold run keys all start here.
+    """
+    disable_core_dumps()
     try:
         code = main()
     except DfArchiveError as error:
