@@ -180,7 +180,7 @@ def run_scheduler(
 
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
-    from .messaging import BrokerError, broker_url, check_broker, enqueue_archive, make_broker
+    from .messaging import BrokerError, broker_url, connected_broker, enqueue_archive
     from .startup import StartupError, open_checked_store, worker_id
 
     url = broker_url(config.broker_url)
@@ -190,11 +190,9 @@ def run_scheduler(
             "through RabbitMQ (without a broker, run dataflow_archive instead)"
         )
     store = open_checked_store(config)
-    broker = make_broker(url)
     try:
-        check_broker(broker, url)
+        broker = connected_broker(url)
     except BrokerError as error:
-        broker.close()
         store.close()
         raise StartupError(f"{config.source}: broker_url: {error}") from None
     stop = stop or SignalSafeEvent()
