@@ -247,3 +247,19 @@ def test_an_unreachable_broker_is_a_broker_error_naming_where(
             enqueue_archive(broker, "run_1")
     finally:
         broker.close()
+
+
+def test_runs_not_sent_to_an_unreachable_broker_are_due_at_the_next_pass(
+    store: RunStore, config: Config, unreachable_broker_url: str
+) -> None:
+    broker = make_broker(unreachable_broker_url)
+    try:
+        with pytest.raises(BrokerError, match=r"cannot publish archive_run\('run_1'\)"):
+            schedule_pass(
+                store, config, worker_id="s:1", enqueue=lambda run: enqueue_archive(broker, run)
+            )
+    finally:
+        broker.close()
+    sent: list[str] = []
+    assert schedule_pass(store, config, worker_id="s:1", enqueue=sent.append).enqueued == sent
+    assert sent == ["run_1", "run_2", "run_3"]  # not an hour later: now
