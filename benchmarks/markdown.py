@@ -90,6 +90,13 @@ def _ratios(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+PASS_LABELS = {
+    "new_pass": "new runs",
+    "steady_pass": "nothing new",
+    "enqueue_pass": "new runs, broker set (old ones archived)",
+}
+
+
 def _scan(report: Mapping[str, Any]) -> list[str]:
     scan = report.get("scan")
     if not scan:
@@ -106,7 +113,7 @@ def _scan(report: Mapping[str, Any]) -> list[str]:
              "original": "original tool's pattern, CouchDB"}  # fmt: skip
     for backend, summary in scan["summary"].items():
         for pass_name, numbers in summary.items():
-            label = "new runs" if pass_name == "new_pass" else "nothing new"
+            label = PASS_LABELS.get(pass_name, pass_name)
             lines.append(
                 f"| {names.get(backend, backend)} | {label} | "
                 f"{numbers['seconds']['median']:.3f} | {numbers['requests']['max']:,.0f} | "

@@ -134,6 +134,8 @@ TARGETS = (
     Target("scan_sqlite_seconds", "scan+register pass, SQLite: seconds", "<", 3.0, "s"),
     Target("scan_couchdb_requests", "scan+register pass, CouchDB: store requests", "<=", 5, ""),
     Target("scan_couchdb_seconds", "scan+register pass, CouchDB: seconds", "<", 3.0, "s"),
+    Target("enqueue_couchdb_requests", "pass with a broker, CouchDB: store requests", "<=", 10, ""),
+    Target("enqueue_couchdb_seconds", "pass with a broker, CouchDB: seconds", "<", 5.0, "s"),
 )
 
 
@@ -154,6 +156,9 @@ def evaluate_targets(
         if summary:
             values[f"scan_{backend}_requests"] = summary["new_pass"]["requests"]["max"]
             values[f"scan_{backend}_seconds"] = summary["new_pass"]["seconds"]["median"]
+            if "enqueue_pass" in summary:
+                values[f"enqueue_{backend}_requests"] = summary["enqueue_pass"]["requests"]["max"]
+                values[f"enqueue_{backend}_seconds"] = summary["enqueue_pass"]["seconds"]["median"]
     checks: dict[str, Callable[[float, float], bool]] = {
         ">=": lambda v, t: v >= t,
         "<": lambda v, t: v < t,

@@ -13,6 +13,10 @@ queried once, as earlier passes would have left them). Then:
 * the original tool's pattern, on the same CouchDB server: one ``PUT`` per run folder
   found (201 for a new run, 409 for a known one), then the ``runfolder_id`` view with
   ``include_docs`` to find the pending runs.
+* dfarchive with a broker (``dfarchive scheduler --once``): the same first pass on a
+  fresh store whose known runs are archived already (``encrypted``), enqueuing too: the
+  new runs are registered, marked in one write and their messages sent (collected in a
+  list here: the store's side is measured, not RabbitMQ's).
 
 Store requests: HTTP requests for CouchDB (``CouchStore.request_count``); for SQLite,
 the store's connection rounds (one read or one transaction each).
@@ -38,10 +42,11 @@ from typing import Any
 import requests
 
 from benchmarks.couchserver import CouchEndpoint
+from dfarchive import runstate
 from dfarchive.config import Config
 from dfarchive.scheduler import schedule_pass
 from dfarchive.store.base import NewRun, RunStore
-from dfarchive.store.couchdb import VIEWS, CouchStore
+from dfarchive.store.couchdb import LOOKUP_VIEWS, CouchStore
 from dfarchive.store.sqlite import SqliteStore
 
 SENTINEL = ".metadata_rsync_exitcode"
@@ -131,23 +136,50 @@ def _config(tree: ScanTree, work_dir: Path) -> Config:
 
 
 def _timed_pass(
-    store: RunStore, config: Config, count: Callable[[], int], tree: ScanTree, expected: int
+    store: RunStore,
+    config: Config,
+    count: Callable[[], int],
+    tree: ScanTree,
+    expected: int,
+    *,
+    enqueue: bool = False,
 ) -> dict[str, Any]:
+    sent: list[str] = []
     before = count()
     started = time.perf_counter()
-    report = schedule_pass(store, config, worker_id="benchmark")
+    report = schedule_pass(
+        store, config, worker_id="benchmark", enqueue=sent.append if enqueue else None
+    )
     seconds = time.perf_counter() - started
     if len(report.registered) != expected or report.found != tree.runs:
         raise RuntimeError(
             f"scan pass found {report.found} runs and registered {len(report.registered)}, "
             f"expected {tree.runs} and {expected}"
         )
+    if enqueue and sorted(sent) != sorted(report.registered):
+        raise RuntimeError(f"enqueued {len(sent)} runs, expected the {expected} new ones")
     return {
         "seconds": seconds,
         "requests": count() - before,
         "found": report.found,
         "registered": len(report.registered),
+        **({"enqueued": len(sent)} if enqueue else {}),
     }
+
+
+def _store_archived(store: RunStore, tree: ScanTree) -> None:
+    """Store the known runs as archived (``encrypted``): not due for a message."""
+    now = datetime.now(UTC)
+    docs = [
+        {
+            **runstate.new_run(
+                run.run_id, path=run.path, sequencer=run.sequencer, worker_id="setup", now=now
+            ),
+            "status": runstate.ENCRYPTED,
+        }
+        for run in tree.new_run_records(tree.known_runs)
+    ]
+    store._insert_missing(docs)  # the store's bulk insert: no transition makes this state
 
 
 def _passes(
@@ -162,7 +194,8 @@ def _passes(
 
 
 def bench_sqlite(tree: ScanTree, work_dir: Path) -> dict[str, Any]:
-    """dfarchive's scheduling passes on a fresh SQLite store that knows the old runs."""
+    """dfarchive's scheduling passes on a fresh SQLite store that knows the old runs,
+    then the pass with a broker on another whose old runs are archived."""
     folder = work_dir / f"sqlite-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     try:
@@ -171,7 +204,21 @@ def bench_sqlite(tree: ScanTree, work_dir: Path) -> dict[str, Any]:
             store.setup()
             store.register_many(tree.new_run_records(tree.known_runs), worker_id="setup")
             store.reclaim_expired()
-            return _passes(store, tree, work_dir, lambda: store.requests)
+            passes = _passes(store, tree, work_dir, lambda: store.requests)
+        store = CountingSqliteStore(folder / "enqueue.sqlite3")
+        with store:
+            store.setup()
+            _store_archived(store, tree)
+            store.reclaim_expired()
+            enqueue_pass = _timed_pass(
+                store,
+                _config(tree, work_dir),
+                lambda: store.requests,
+                tree,
+                tree.new,
+                enqueue=True,
+            )
+        return {**passes, "enqueue_pass": enqueue_pass}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -186,21 +233,39 @@ def _database(endpoint: CouchEndpoint) -> Iterator[str]:
             requests.delete(f"{endpoint.url}/{name}", auth=endpoint.auth, timeout=HTTP_TIMEOUT)
 
 
+def _couch_store(endpoint: CouchEndpoint, database: str) -> CouchStore:
+    return CouchStore(
+        endpoint.url,
+        database=database,
+        username=endpoint.username,
+        password=endpoint.password,
+        timeout=HTTP_TIMEOUT,
+    )
+
+
 def bench_couch(tree: ScanTree, work_dir: Path, endpoint: CouchEndpoint) -> dict[str, Any]:
-    """dfarchive's scheduling passes on a fresh CouchDB database that knows the old runs."""
+    """dfarchive's scheduling passes on a fresh CouchDB database that knows the old runs,
+    then the pass with a broker on another whose old runs are archived."""
+    with _database(endpoint) as name, _couch_store(endpoint, name) as store:
+        store.setup()
+        store.register_many(tree.new_run_records(tree.known_runs), worker_id="setup")
+        store.reclaim_expired()  # brings the by_status view index up to date
+        passes = _passes(store, tree, work_dir, lambda: store.request_count)
     with _database(endpoint) as name:
-        store = CouchStore(
-            endpoint.url,
-            database=name,
-            username=endpoint.username,
-            password=endpoint.password,
-            timeout=HTTP_TIMEOUT,
-        )
-        with store:
+        with _couch_store(endpoint, name) as store:
             store.setup()
-            store.register_many(tree.new_run_records(tree.known_runs), worker_id="setup")
-            store.reclaim_expired()  # brings the by_status view index up to date
-            return _passes(store, tree, work_dir, lambda: store.request_count)
+            _store_archived(store, tree)
+            store.due_for_enqueue(0)  # brings the by_status view index up to date
+        with _couch_store(endpoint, name) as store:  # a fresh scheduler process
+            enqueue_pass = _timed_pass(
+                store,
+                _config(tree, work_dir),
+                lambda: store.request_count,
+                tree,
+                tree.new,
+                enqueue=True,
+            )
+    return {**passes, "enqueue_pass": enqueue_pass}
 
 
 def _original_doc(path: Path) -> dict[str, Any]:
@@ -218,7 +283,7 @@ def bench_original(tree: ScanTree, endpoint: CouchEndpoint) -> dict[str, Any]:
         http.auth = endpoint.auth
         db = f"{endpoint.url}/{name}"
         http.put(db, timeout=HTTP_TIMEOUT).raise_for_status()
-        design = {"views": {"runfolder_id": VIEWS["runfolder_id"]}}
+        design = {"views": LOOKUP_VIEWS}
         http.put(f"{db}/_design/lookup", json=design, timeout=HTTP_TIMEOUT).raise_for_status()
         known = [_original_doc(Path(tree.path) / s / r) for s, r in tree.known_runs]
         known = [{**doc, "status": "encrypted"} for doc in known]

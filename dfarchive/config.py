@@ -8,17 +8,20 @@ Relative paths are taken relative to the config file's directory; ``~`` is expan
 
 from __future__ import annotations
 
+import base64
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from .errors import ConfigError
+from .logs import add_secret
 
 DEFAULT_CONFIG_PATH = "~/conf/df_archive.yaml"
 CONFIG_ENV = "ARCHIVE_CONFIG"
@@ -132,7 +135,11 @@ def load_config(path: str | Path, environ: Mapping[str, str] = os.environ) -> Co
 def parse_config(
     raw: Any, *, source: str, base_dir: Path, environ: Mapping[str, str] = os.environ
 ) -> Config:
-    """Validate an already-parsed YAML document (see :func:`load_config`)."""
+    """Validate an already-parsed YAML document (see :func:`load_config`).
+
+    Its secrets (the status database's password, the broker URL's) are masked in every
+    log line and error message from now on (:func:`dfarchive.logs.add_secret`).
+    """
     reader = _Reader(source, base_dir)
     if not isinstance(raw, dict):
         raise ConfigError(source, None, "expected a mapping of keys to values at the top level")
@@ -164,6 +171,60 @@ def parse_config(
         gnupg_home=reader.optional_directory(raw, "gnupg_home"),
         metrics_port=reader.port(raw, "metrics_port"),
     )
+
+
+def broker_url_problem(url: str) -> str | None:
+    """What is wrong with an AMQP URL, in words that quote no part of it (a password
+    with an unencoded ``/`` or ``#`` would otherwise show up as the "port"), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("amqp", "amqps"):
+        return "expected an amqp:// or amqps:// URL"
+    if port == -1 or not parts.hostname:
+        return (
+            "not a valid amqp:// URL (expected amqp:// then USER:PASSWORD@HOST:PORT/VHOST, "
+            "with characters such as / # ? @ : and spaces in the user name and password "
+            "percent-encoded)"
+        )
+    return None
+
+
+def add_broker_secrets(url: str) -> None:
+    """Mask the password of a broker URL in logs and messages, as written and decoded."""
+    # not urlsplit: an unencoded / or # in the password would end its netloc early
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    if at and ":" in userinfo:
+        password = userinfo.partition(":")[2]
+        add_secret(password)
+        add_secret(unquote(password))
+
+
+def plaintext_credentials(config: Config) -> list[str]:
+    """Warnings, naming the key, for credentials the config sends unencrypted to
+    another host: a CouchDB password over plain ``http://``."""
+    couch = config.couchdb
+    if couch is None or couch.username is None:
+        return []
+    parts = urlsplit(couch.url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return []
+    return [
+        f"{config.source}: statusdb.url: {couch.url} is plain http://, so statusdb.username "
+        f"and statusdb.password ({couch.auth} auth) cross the network unencrypted; "
+        "use https://"
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _type_name(value: Any) -> str:
@@ -318,8 +379,11 @@ class _Reader:
 
     def broker_url(self, raw: Mapping[str, Any]) -> str | None:
         url = self.string(raw, "broker_url")
-        if url is not None and urlsplit(url).scheme not in ("amqp", "amqps"):
-            raise self.error("broker_url", "expected an amqp:// or amqps:// URL")
+        if url is not None:
+            add_broker_secrets(url)
+            problem = broker_url_problem(url)
+            if problem:
+                raise self.error("broker_url", problem)
         return url
 
     def statusdb(
@@ -341,6 +405,9 @@ class _Reader:
         auth = self.string(value, "auth", default="basic", name="statusdb.auth")
         if auth not in AUTH_METHODS:
             raise self.error("statusdb.auth", f"expected one of {', '.join(AUTH_METHODS)}")
+        add_secret(password)
+        if username is not None and password is not None:  # as HTTP basic auth sends them
+            add_secret(base64.b64encode(f"{username}:{password}".encode()).decode())
         if (username is None) != (password is None):
             missing = "statusdb.password" if password is None else "statusdb.username"
             raise self.error(missing, "missing; username and password go together")

@@ -13,14 +13,20 @@ from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.errors import ConnectionClosed, ConnectionFailed
 from dramatiq.middleware import Middleware
 
+from .config import add_broker_secrets, broker_url_problem
 from .errors import DfArchiveError
 
 #: ``$DFARCHIVE_QUEUE`` lets several deployments (or test runs) share one RabbitMQ.
 QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
 ACTOR_NAME = "archive_run"
 BROKER_URL_ENV = "DFARCHIVE_BROKER_URL"
+#: What the broker raises when it cannot connect or loses its connection. Named one by
+#: one: their old common base ``dramatiq.errors.ConnectionError`` is deprecated in
+#: Dramatiq 2 and gone in 3, and its new name ``BrokerConnectionError`` is not in 1.x.
+CONNECTION_ERRORS = (ConnectionFailed, ConnectionClosed)
 
 
 class BrokerError(DfArchiveError):
@@ -39,12 +45,22 @@ class OnePrefetchPerThread(Middleware):
 
 
 def broker_url(configured: str | None) -> str | None:
-    """``$DFARCHIVE_BROKER_URL`` overrides the config's ``broker_url``."""
-    return os.environ.get(BROKER_URL_ENV) or configured
+    """``$DFARCHIVE_BROKER_URL`` overrides the config's ``broker_url``. Its password is
+    masked in logs and messages from now on."""
+    url = os.environ.get(BROKER_URL_ENV) or configured
+    if url:
+        add_broker_secrets(url)
+    return url
 
 
 def make_broker(url: str) -> RabbitmqBroker:
-    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared."""
+    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared.
+
+    Raises: BrokerError for a malformed URL (quoting none of it).
+    """
+    problem = broker_url_problem(url)
+    if problem:
+        raise BrokerError(problem)
     broker = RabbitmqBroker(url=url, confirm_delivery=True)
     broker.add_middleware(OnePrefetchPerThread())
     broker.declare_queue(QUEUE_NAME)
@@ -60,9 +76,23 @@ def check_broker(broker: RabbitmqBroker, url: str) -> None:
     parts = urlsplit(url)
     try:
         broker.declare_queue(QUEUE_NAME, ensure=True)
-    except dramatiq.errors.ConnectionError as error:
+    except CONNECTION_ERRORS as error:
         where = f"{parts.hostname}:{parts.port or 5672}"
         raise BrokerError(f"cannot connect to RabbitMQ at {where} ({error})") from None
+
+
+def connected_broker(url: str) -> RabbitmqBroker:
+    """:func:`make_broker`, connected and checked by :func:`check_broker`.
+
+    Raises: BrokerError (the broker made is closed first).
+    """
+    broker = make_broker(url)
+    try:
+        check_broker(broker, url)
+    except BrokerError:
+        broker.close()
+        raise
+    return broker
 
 
 def archive_message(run_id: str) -> dramatiq.Message:
@@ -79,5 +109,5 @@ def enqueue_archive(broker: dramatiq.Broker, run_id: str) -> None:
     """Publish ``archive_run(run_id)``. Raises BrokerError if the broker is down."""
     try:
         broker.enqueue(archive_message(run_id))
-    except dramatiq.errors.ConnectionError as error:
+    except CONNECTION_ERRORS as error:
         raise BrokerError(f"cannot publish archive_run({run_id!r}): {error}") from None

@@ -3,7 +3,7 @@
 Dramatiq has no scheduler, so this runs as its own loop (``dfarchive scheduler``, or
 inside ``dataflow_archive`` when a broker is configured). Several schedulers at once
 are safe: registration is idempotent, reclaiming is a compare-and-swap, and a run is
-enqueued only by the scheduler whose ``mark_enqueued`` write wins.
+enqueued only by the scheduler whose ``mark_enqueued_many`` write wins.
 """
 
 from __future__ import annotations
@@ -65,11 +65,43 @@ def schedule_pass(
     for run_id in report.reclaimed:
         log.warning("[%s] lease expired; put back to pending", run_id)
     if enqueue is not None:
-        for doc in store.due_for_enqueue(window):
-            if store.mark_enqueued(doc):
-                enqueue(doc["_id"])
-                report.enqueued.append(doc["_id"])
+        report.enqueued = enqueue_due(store, enqueue, window)
     return report
+
+
+def enqueue_due(store: RunStore, enqueue: Callable[[str], None], window: float) -> list[str]:
+    """Mark every due run in one write, then send a message for each run marked.
+
+    Marking first lets the store decide, run by run, which of several schedulers sends
+    (the one whose write wins; sending first would let each send its own). If a send
+    fails (the broker is down), the marks of the runs not sent yet are removed in one
+    write, so that the next pass sends them instead of waiting out the window; then the
+    error is raised. Costs two requests (the pending runs, the marks) plus one on failure.
+    """
+    due = store.due_for_enqueue(window)
+    marked = store.mark_enqueued_many(due) if due else []
+    for index, doc in enumerate(marked):
+        try:
+            enqueue(doc["_id"])
+        except Exception:
+            _unmark(store, marked[index:])
+            raise
+    return [doc["_id"] for doc in marked]
+
+
+def _unmark(store: RunStore, unsent: list[RunDocument]) -> None:
+    """Remove the marks of runs whose message was not sent (those changed meanwhile,
+    e.g. claimed by a worker on an older message, are left as they are)."""
+    try:
+        cleared = store.unmark_enqueued_many(unsent)
+    except DfArchiveError as error:
+        log.error(
+            "%d runs not sent stay marked, sent again after the re-enqueue window: %s",
+            len(unsent),
+            error,
+        )
+    else:
+        log.warning("%d runs not sent; the next pass sends them", len(cleared))
 
 
 @dataclass
@@ -148,7 +180,7 @@ def run_scheduler(
 
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
-    from .messaging import BrokerError, broker_url, check_broker, enqueue_archive, make_broker
+    from .messaging import BrokerError, broker_url, connected_broker, enqueue_archive
     from .startup import StartupError, open_checked_store, worker_id
 
     url = broker_url(config.broker_url)
@@ -158,11 +190,9 @@ def run_scheduler(
             "through RabbitMQ (without a broker, run dataflow_archive instead)"
         )
     store = open_checked_store(config)
-    broker = make_broker(url)
     try:
-        check_broker(broker, url)
+        broker = connected_broker(url)
     except BrokerError as error:
-        broker.close()
         store.close()
         raise StartupError(f"{config.source}: broker_url: {error}") from None
     stop = stop or SignalSafeEvent()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
-from dfarchive.config import Config, config_path, load_config
+from dfarchive.config import (
+    PASSWORD_ENV,
+    Config,
+    config_path,
+    load_config,
+    plaintext_credentials,
+)
 from dfarchive.errors import ConfigError
 from dfarchive.pipeline import ArchiveSettings
 
@@ -252,3 +260,81 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_2(command, case, tmp_pat
     assert str(path) in lines[0]
     assert render(expected, tmp_path, dirs) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def config_file(tmp_path: Path, dirs: dict[str, Path], **settings: object) -> Path:
+    path = tmp_path / "df_archive.yaml"
+    base = {
+        "sequencing_path": str(dirs["seq"]),
+        "destination_path": str(dirs["arch"]),
+        "keys_path": str(dirs["keys"]),
+        "gpg_receiver": "archive@example.org",
+    }
+    path.write_text(yaml.safe_dump({**base, **settings}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://bob:Sl4sh/Secr3t-xyzzy@rabbit.example.org:5672/%2F",
+        "amqp://bob:Secr3t-xyzzy@rabbit.example.org:56x72/%2F",
+        "amqp://bob:Hash#Secr3t-xyzzy@rabbit.example.org/%2F",
+    ],
+)
+def test_a_malformed_broker_url_is_refused_quoting_none_of_it(tmp_path, dirs, url):
+    path = config_file(tmp_path, dirs, broker_url=url)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: broker_url: not a valid amqp:// URL")
+    for piece in ("bob", "Sl4sh", "Secr3t", "Hash", "rabbit", "56x72"):
+        assert piece not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "auth", "warned"),
+    [
+        ("http://couch.example.org:5984", "basic", True),
+        ("http://couch.example.org:5984", "session", True),
+        ("https://couch.example.org:5984", "basic", False),
+        ("http://127.0.0.1:5984", "basic", False),
+        ("http://localhost:5984", "basic", False),
+        ("http://[::1]:5984", "basic", False),
+    ],
+)
+def test_credentials_over_plain_http_to_another_host_are_warned_about(
+    tmp_path, dirs, url, auth, warned
+):
+    statusdb = {"url": url, "database": "runs", "username": "bob", "auth": auth}
+    path = config_file(tmp_path, dirs, statusdb=statusdb)
+    config = load_config(path, environ={PASSWORD_ENV: "Secr3t-xyzzy"})
+    expected = [
+        f"{path}: statusdb.url: {url} is plain http://, so statusdb.username and "
+        f"statusdb.password ({auth} auth) cross the network unencrypted; use https://"
+    ]
+    assert plaintext_credentials(config) == (expected if warned else [])
+    anonymous = config_file(tmp_path, dirs, statusdb={"url": url, "database": "runs"})
+    assert plaintext_credentials(load_config(anonymous, environ={})) == []
+
+
+def test_the_plain_http_warning_reaches_the_user_at_start_up(tmp_path, dirs):
+    statusdb = {"url": "http://couch.invalid:5984", "database": "runs", "username": "bob"}
+    path = config_file(tmp_path, dirs, statusdb=statusdb)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dfarchive"), "status", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, PASSWORD_ENV: "Secr3t-xyzzy"},
+    )
+    assert result.returncode == 2  # couch.invalid does not resolve
+    assert result.stderr.splitlines()[0].endswith(
+        f"{path}: statusdb.url: http://couch.invalid:5984 is plain http://, so "
+        "statusdb.username and statusdb.password (basic auth) cross the network "
+        "unencrypted; use https://"
+    )
+    assert "Secr3t" not in result.stderr

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -212,3 +216,49 @@ def test_a_run_released_by_an_operator_is_dropped_by_its_worker_then_archived_on
     assert "released by an operator" in doc["attempts"][0]["error"]
     assert partials(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / "archives").iterdir()) == ["run_a.tar.gpg"]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP port that accepts connections and never answers (a hung CouchDB); the
+    event is set once a client connected."""
+    connected = threading.Event()
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                held.append(listener.accept()[0])
+                connected.set()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], connected
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def test_second_ctrl_c_while_scheduling_exits_130_at_once(tmp_path, gnupg_home, silent_server):
+    """With ``broker_url`` set, a pass waiting on the status database: the first Ctrl+C
+    waits for it (graceful), the second exits 130 at once, as without a broker."""
+    port, connected = silent_server
+    config = make_config(
+        tmp_path,
+        gnupg_home,
+        statusdb={"url": f"http://127.0.0.1:{port}", "database": "runs"},
+        broker_url="amqp://guest:guest@127.0.0.1:5672/%2F",
+    )
+    proc = start(config)
+    try:
+        assert connected.wait(60), "dataflow_archive never reached the status database"
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)  # graceful: the pass in progress goes on
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=10)  # the store's own timeout is 30 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output

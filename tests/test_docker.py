@@ -194,7 +194,9 @@ def test_compose_file_wires_the_services_together():
 
     rabbit = services["rabbitmq"]
     assert "management" in rabbit["image"]
-    assert "15672:15672" in rabbit["ports"]
+    # management UIs: on this host only (their passwords travel in plain HTTP)
+    assert rabbit["ports"] == ["127.0.0.1:15672:15672"]
+    assert services["couchdb"]["ports"] == ["127.0.0.1:5984:5984"]
     assert "./rabbitmq.conf:/etc/rabbitmq/conf.d/90-dfarchive.conf:ro" in rabbit["volumes"]
     timeout = re.search(r"^consumer_timeout\s*=\s*(\d+)\s*$", _read("rabbitmq.conf"), re.M)
     assert timeout and int(timeout.group(1)) >= 24 * 3600 * 1000
@@ -226,6 +228,7 @@ def test_compose_file_wires_the_services_together():
         assert mounts["/data/sequencing"] == "sequencing:/data/sequencing:ro"
         assert set(mounts) >= {"/data/archives", "/data/run_keys", "/home/dfarchive/.gnupg"}
         assert service["secrets"] == ["recipient_key"]
+        assert service["ulimits"] == {"core": 0}  # processes holding run keys
 
     assert set(compose["volumes"]) >= {
         "sequencing",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dfarchive.config import PASSWORD_ENV
@@ -95,3 +96,90 @@ def test_no_secret_in_logs_stderr_or_stdout(tmp_path, couchdb_server, couchdb_da
     }
     leaked = [what for what, secret in secrets.items() if secret in everything]
     assert leaked == [], f"leaked: {leaked}"
+
+
+# -- URL credentials of every shape, malformed URLs, known passwords ------------------------
+
+SECRET = "Secr3t-xyzzy"
+
+
+def facility(tmp_path: Path, **settings: object) -> Path:
+    for name in ("seq", "archives", "keys"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / "keys").chmod(0o700)
+    config = tmp_path / "df_archive.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "statusdb": {"url": f"sqlite:{tmp_path / 'runs.sqlite3'}"},
+                "sequencing_path": str(tmp_path / "seq"),
+                "destination_path": str(tmp_path / "archives"),
+                "keys_path": str(tmp_path / "keys"),
+                "gpg_receiver": "nobody@dfarchive.invalid",
+                "log_file": str(tmp_path / "dfarchive.log"),
+                **settings,
+            }
+        )
+    )
+    return config
+
+
+def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    [f":{SECRET}", f"bob:Sl4sh/{SECRET}", f"bob:Sp4ce {SECRET}", f"bob:At@{SECRET}"],
+    ids=["no user", "slash", "space", "at sign"],
+)
+def test_url_credentials_of_any_shape_are_masked_in_a_cli_error(tmp_path, userinfo):
+    url = f"ftp://{userinfo}@couch.example.org:5984"  # rejected, and quoted in the error
+    config = facility(tmp_path, statusdb={"url": url, "database": "runs"})
+    result = run("dfarchive", "status", "-c", str(config))
+    assert result.returncode == 2
+    assert "statusdb.url: expected an http(s) URL" in result.stderr
+    assert "ftp://***@couch.example.org:5984" in result.stderr
+    assert SECRET not in result.stderr
+    for piece in ("Sl4sh", "Sp4ce"):
+        assert piece not in result.stderr
+
+
+@pytest.mark.parametrize("source", ["config", "environment"])
+@pytest.mark.parametrize("program", ["dataflow_archive", "dfarchive"])
+def test_a_malformed_broker_url_quotes_no_part_of_its_password(tmp_path, source, program):
+    url = f"amqp://bob:Sl4sh/{SECRET}@127.0.0.1:5672/%2F"  # the / ends the "port"
+    env = {"DFARCHIVE_BROKER_URL": url} if source == "environment" else {}
+    config = facility(tmp_path, **({"broker_url": url} if source == "config" else {}))
+    argv = [program, "scheduler"] if program == "dfarchive" else [program]
+    result = run(*argv, "-c", str(config), "--once", **env)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "broker_url: not a valid amqp:// URL" in line
+    assert "percent-encoded" in line
+    log = tmp_path / "dfarchive.log"  # a config error comes before logging starts
+    everything = result.stderr + (log.read_text() if log.exists() else "")
+    assert "Sl4sh" not in everything and SECRET not in everything
+
+
+def test_the_statusdb_password_is_masked_wherever_it_shows_up(tmp_path):
+    """Pasted into the wrong key (here the database name), the password is still not
+    shown: every secret the config holds is masked in what is printed and logged."""
+    port = 9  # discard: nothing listens, the store is unreachable at once
+    statusdb = {
+        "url": f"http://127.0.0.1:{port}",
+        "database": f"runs-{SECRET}".lower(),
+        "username": "bob",
+    }
+    config = facility(tmp_path, statusdb=statusdb)
+    result = run("dfarchive", "status", "-c", str(config), **{PASSWORD_ENV: statusdb["database"]})
+    assert result.returncode == 2
+    assert "server unreachable" in result.stderr
+    assert statusdb["database"] not in result.stderr
+    assert "database '***'" in result.stderr

@@ -1,10 +1,13 @@
-"""The scheduling pass's registration on both backends: new folders are registered
-once, folders the store holds for another path or in an unknown state are logged every
-pass, and what a pass learnt is reused only while the store says it is unchanged."""
+"""The scheduling pass on both backends: new folders are registered once, folders the
+store holds for another path or in an unknown state are logged every pass, what a pass
+learnt is reused only while the store says it is unchanged; due runs are marked in one
+write, each sent by one scheduler, and a run whose message was not sent is sent again by
+the next pass."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dfarchive.config import Config
+from dfarchive.messaging import BrokerError, check_broker, enqueue_archive, make_broker
 from dfarchive.scheduler import schedule_pass
 from dfarchive.store import RunStore, SqliteStore
 
@@ -27,6 +31,16 @@ def store(request, tmp_path: Path) -> Iterator[RunStore]:
         made = request.getfixturevalue("couchdb_store")()
     with made:
         yield made
+
+
+@pytest.fixture
+def twin(request, store: RunStore) -> Iterator[RunStore]:
+    """A second store object on ``store``'s data, as another scheduler would have."""
+    if isinstance(store, SqliteStore):
+        with SqliteStore(store.path) as other:
+            yield other
+    else:
+        yield request.getfixturevalue("couchdb_store")()
 
 
 @pytest.fixture
@@ -129,3 +143,123 @@ def test_a_pass_on_a_fresh_store_costs_a_few_requests_whatever_the_runs(
     before = fresh.request_count
     assert schedule_pass(fresh, config, worker_id="s:2").registered == []
     assert fresh.request_count - before == 2  # changes, view
+
+
+# -- enqueuing: one bulk mark, then the messages ----------------------------------------
+
+
+class BrokerDown(Exception):
+    pass
+
+
+def test_a_failed_send_leaves_the_runs_not_sent_due_for_the_next_pass(
+    store: RunStore, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent: list[str] = []
+
+    def send_one_then_fail(run_id: str) -> None:
+        if sent:
+            raise BrokerDown("connection refused")
+        sent.append(run_id)
+
+    with pytest.raises(BrokerDown), caplog.at_level(logging.WARNING):
+        schedule_pass(store, config, worker_id="s:1", enqueue=send_one_then_fail)
+    assert sent == ["run_1"]
+    assert store.get("run_1")["enqueued_at"] is not None
+    assert [store.get(run).get("enqueued_at") for run in ("run_2", "run_3")] == [None, None]
+    assert "2 runs not sent; the next pass sends them" in caplog.messages
+
+    # the next pass, well within the re-enqueue window, sends what was not sent
+    again: list[str] = []
+    report = schedule_pass(store, config, worker_id="s:1", enqueue=again.append)
+    assert again == report.enqueued == ["run_2", "run_3"]
+    assert schedule_pass(store, config, worker_id="s:1", enqueue=again.append).enqueued == []
+
+
+def test_a_run_claimed_before_its_mark_is_removed_keeps_its_claim(
+    store: RunStore, config: Config
+) -> None:
+    claims = []
+
+    def claim_then_fail(run_id: str) -> None:
+        claims.append(store.claim("run_1", worker_id="w:1"))  # a worker, meanwhile
+        raise BrokerDown("connection refused")
+
+    with pytest.raises(BrokerDown):
+        schedule_pass(store, config, worker_id="s:1", enqueue=claim_then_fail)
+    claimed = store.get("run_1")
+    assert claimed["status"] == "processing" and claimed["enqueued_at"] is not None
+    assert store.heartbeat(claims[0])  # the claim is intact
+    assert [store.get(run)["enqueued_at"] for run in ("run_2", "run_3")] == [None, None]
+
+
+def test_two_schedulers_send_each_due_run_once(
+    store: RunStore, twin: RunStore, config: Config
+) -> None:
+    schedule_pass(store, config, worker_id="s:1")  # register only
+    first, second = store.due_for_enqueue(3600), twin.due_for_enqueue(3600)
+    assert [doc["_id"] for doc in store.mark_enqueued_many(first[:2])] == ["run_1", "run_2"]
+    # the other scheduler read the same documents before: its marks lose, but run_3's
+    assert [doc["_id"] for doc in twin.mark_enqueued_many(second)] == ["run_3"]
+    assert twin.due_for_enqueue(3600) == []
+
+
+def test_a_pass_enqueuing_hundreds_of_runs_costs_a_few_requests(
+    couchdb_store: Callable[..., RunStore], config: Config
+) -> None:
+    for n in range(4, 300):
+        folder = config.sequencing_path / "B" / f"run_{n:03d}"
+        folder.mkdir(parents=True)
+        (folder / SENTINEL).write_text("0")
+    store = couchdb_store()
+    sent: list[str] = []
+    before = store.request_count
+    report = schedule_pass(store, config, worker_id="s:1", enqueue=sent.append)
+    assert len(report.registered) == len(sent) == len(set(sent)) == 299
+    # changes feed, read of the 299, bulk insert, processing view, pending view, bulk mark
+    assert store.request_count - before == 6
+    assert all(doc.get("enqueued_at") for doc in store.runs("pending"))
+
+
+# -- an unreachable broker ----------------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_broker_url() -> str:
+    """An AMQP URL to a loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"amqp://archiver:secret@127.0.0.1:{port}/%2F"
+
+
+def test_an_unreachable_broker_is_a_broker_error_naming_where(
+    unreachable_broker_url: str,
+) -> None:
+    """Through the connection errors Dramatiq 2 and 3 raise (the deprecated
+    ``dramatiq.errors.ConnectionError`` would fail here: pytest errors on deprecations)."""
+    broker = make_broker(unreachable_broker_url)
+    port = unreachable_broker_url.rsplit(":", 1)[1].split("/")[0]
+    try:
+        with pytest.raises(BrokerError, match=f"cannot connect to RabbitMQ at 127.0.0.1:{port}"):
+            check_broker(broker, unreachable_broker_url)
+        with pytest.raises(BrokerError, match=r"cannot publish archive_run\('run_1'\)"):
+            enqueue_archive(broker, "run_1")
+    finally:
+        broker.close()
+
+
+def test_runs_not_sent_to_an_unreachable_broker_are_due_at_the_next_pass(
+    store: RunStore, config: Config, unreachable_broker_url: str
+) -> None:
+    broker = make_broker(unreachable_broker_url)
+    try:
+        with pytest.raises(BrokerError, match=r"cannot publish archive_run\('run_1'\)"):
+            schedule_pass(
+                store, config, worker_id="s:1", enqueue=lambda run: enqueue_archive(broker, run)
+            )
+    finally:
+        broker.close()
+    sent: list[str] = []
+    assert schedule_pass(store, config, worker_id="s:1", enqueue=sent.append).enqueued == sent
+    assert sent == ["run_1", "run_2", "run_3"]  # not an hour later: now

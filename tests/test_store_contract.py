@@ -357,3 +357,32 @@ def test_changed_since_reports_every_later_write_or_says_it_cannot(store, clock)
     changes = store.changed_since(mark)
     assert changes.ids is None or {"run_001", "run_003"} <= changes.ids
     assert changes.ids is None or "run_002" not in changes.ids
+
+
+# -- bulk enqueue marks (scheduling cost, issue 11) -------------------------------------
+
+
+def test_mark_enqueued_many_marks_the_current_documents_and_skips_conflicts(store, clock):
+    register(store, "run_001", "run_002", "run_003", "run_004")
+    due = store.due_for_enqueue(600)
+    store.claim("run_002", worker_id="w:1")  # claimed since it was read: stale copy
+    store.mark_enqueued(due[2])  # another scheduler marked run_003 first
+    marked = store.mark_enqueued_many(due)
+    assert [doc["_id"] for doc in marked] == ["run_001", "run_004"]
+    for doc in marked:
+        assert doc == store.get(doc["_id"])  # as stored, with the new _rev
+        assert doc["enqueued_at"] == runstate.timestamp(clock.now)
+    assert store.get("run_002")["status"] == "processing"
+    assert store.due_for_enqueue(600) == []
+    assert store.mark_enqueued_many(due) == []  # every copy is stale now
+    assert store.mark_enqueued_many([]) == []
+
+
+def test_unmark_enqueued_many_makes_runs_due_again_unless_changed_since(store, clock):
+    register(store, "run_001", "run_002")
+    marked = store.mark_enqueued_many(store.due_for_enqueue(600))
+    store.claim("run_002", worker_id="w:1")
+    assert store.unmark_enqueued_many(marked) == ["run_001"]
+    assert [doc["_id"] for doc in store.due_for_enqueue(600)] == ["run_001"]
+    assert store.get("run_002")["status"] == "processing"  # the claim is left alone
+    assert store.unmark_enqueued_many([]) == []

@@ -7,18 +7,25 @@ claim races and restarts of an on-disk server.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dfarchive.errors import StoreAuthError, StoreError, StoreUnavailable
 from dfarchive.store.base import NewRun
-from dfarchive.store.couchdb import VIEWS, CouchStore
+from dfarchive.store.couchdb import LOOKUP_VIEWS, VIEWS, CouchStore
+
+BIN = Path(sys.executable).parent
 
 StoreFactory = Callable[..., CouchStore]
 
@@ -90,37 +97,53 @@ def design_docs(server: Any, database: str) -> list[dict[str, Any]]:
     return [row["doc"] for row in response.json()["rows"]]
 
 
-def test_setup_creates_the_design_doc_once(couchdb_server, couchdb_database, couchdb_store):
+def test_setup_creates_the_design_docs_once(couchdb_server, couchdb_database, couchdb_store):
     store = couchdb_store()
-    [ddoc] = design_docs(couchdb_server, couchdb_database)
-    assert ddoc["_id"] == "_design/lookup"
-    assert ddoc["views"] == VIEWS
+    ours, lookup = design_docs(couchdb_server, couchdb_database)
+    assert (ours["_id"], ours["views"]) == ("_design/dfarchive", VIEWS)
+    assert (lookup["_id"], lookup["views"]) == ("_design/lookup", LOOKUP_VIEWS)
 
     store.setup()
     couchdb_store().setup()
-    [again] = design_docs(couchdb_server, couchdb_database)
-    assert again["_rev"] == ddoc["_rev"]  # nothing rewritten
+    assert design_docs(couchdb_server, couchdb_database) == [ours, lookup]  # not rewritten
 
 
-def test_setup_updates_a_changed_design_doc_keeping_other_views(
+def test_setup_updates_its_own_design_doc_keeping_other_views(
     couchdb_server, couchdb_database, couchdb_store
 ):
     couchdb_store()
-    [ddoc] = design_docs(couchdb_server, couchdb_database)
+    [ddoc, _] = design_docs(couchdb_server, couchdb_database)
     changed = {
         **ddoc,
         "views": {
-            "runfolder_id": {"map": "function (doc) { emit(doc._id, 1); }"},
+            "by_status": {"map": "function (doc) { emit(doc._id, 1); }"},
             "theirs": {"map": "function (doc) { emit(doc.worker_id, null); }"},
         },
     }
-    response = couchdb_server.request("PUT", f"/{couchdb_database}/_design/lookup", json=changed)
+    response = couchdb_server.request("PUT", f"/{couchdb_database}/_design/dfarchive", json=changed)
     assert response.status_code == 201, response.text
 
     couchdb_store()
-    [updated] = design_docs(couchdb_server, couchdb_database)
+    [updated, _] = design_docs(couchdb_server, couchdb_database)
     assert updated["views"] == {**VIEWS, "theirs": changed["views"]["theirs"]}
     assert int(updated["_rev"].split("-")[0]) == 3
+
+
+def test_setup_never_changes_an_existing_lookup_design_doc(
+    couchdb_server, couchdb_database, couchdb_store, caplog
+):
+    assert couchdb_server.request("PUT", f"/{couchdb_database}").status_code == 201
+    theirs = {"views": {"by_path": {"map": "function (doc) { emit(doc.path, null); }"}}}
+    url = f"/{couchdb_database}/_design/lookup"
+    assert couchdb_server.request("PUT", url, json=theirs).status_code == 201
+    before = couchdb_server.request("GET", url).text
+
+    with caplog.at_level(logging.WARNING):
+        store = couchdb_store()
+    assert couchdb_server.request("GET", url).text == before  # no runfolder_id added
+    assert any("has no runfolder_id view" in m for m in caplog.messages)
+    store.register_many(new_runs("run_1"), worker_id="host1")
+    assert [doc["_id"] for doc in store.runs("pending")] == ["run_1"]  # our own view
 
 
 def test_setup_accepts_an_existing_database(couchdb_server, couchdb_database):
@@ -128,7 +151,7 @@ def test_setup_accepts_an_existing_database(couchdb_server, couchdb_database):
     with couchdb_server.store(couchdb_database) as store:
         store.setup()
         store.setup()
-    assert len(design_docs(couchdb_server, couchdb_database)) == 1
+    assert len(design_docs(couchdb_server, couchdb_database)) == 2
 
 
 def test_runfolder_id_view_answers_like_the_original_tool(
@@ -468,3 +491,45 @@ def test_on_disk_server_keeps_sessions_across_restarts(ondisk_couchdb_server):
         store.register_many(new_runs("run_1"), worker_id="h")
         ondisk_couchdb_server.restart()
         assert store.claim("run_1", worker_id="w") is not None
+
+
+def test_init_and_a_pass_leave_the_original_lookup_design_doc_byte_for_byte(
+    couchdb_server, couchdb_database, gnupg_home, tmp_path
+):
+    """The original tool's ``_design/lookup`` (its own ``runfolder_id`` map and another
+    view) survives ``dfarchive init`` and ``dataflow_archive --once`` untouched."""
+    assert couchdb_server.request("PUT", f"/{couchdb_database}").status_code == 201
+    theirs = {
+        "language": "javascript",
+        "views": {
+            "runfolder_id": {"map": "function(doc) { emit(doc._id, doc); }"},
+            "by_worker": {"map": "function(doc) { emit(doc.worker_id, 1); }"},
+        },
+    }
+    url = f"/{couchdb_database}/_design/lookup"
+    assert couchdb_server.request("PUT", url, json=theirs).status_code == 201
+    before = couchdb_server.request("GET", url)
+    for name in ("seq/seqA/run_1", "archives", "keys"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "keys").chmod(0o700)
+    (tmp_path / "seq/seqA/run_1/.metadata_rsync_exitcode").write_text("0")
+    config = tmp_path / "df_archive.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            couchdb_server.facility_config(couchdb_database, tmp_path, gnupg_home.fingerprint)
+        )
+    )
+    for command in (["dfarchive", "init"], ["dataflow_archive", "--once"]):
+        done = subprocess.run(
+            [str(BIN / command[0]), *command[1:], "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=gnupg_home.env,
+        )
+        assert done.returncode == 0, done.stderr
+    after = couchdb_server.request("GET", url)
+    assert after.content == before.content
+    assert after.json()["_rev"] == before.json()["_rev"]
+    with couchdb_server.store(couchdb_database) as store:
+        assert store.get("run_1")["status"] == "encrypted"

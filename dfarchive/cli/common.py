@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ..config import Config, config_path, load_config
+from ..config import Config, config_path, load_config, plaintext_credentials
+from ..coredumps import disable_core_dumps
 from ..errors import DfArchiveError
 from ..logs import redact, setup_logging
 
@@ -28,15 +29,22 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, *, log: bool = True) -> Config:
-    """Load the config named on the command line and set up logging from it."""
+    """Load the config named on the command line and set up logging from it; warn
+    about credentials it would send unencrypted."""
     config = load_config(config_path(args.config))
     if log:
         setup_logging(config.log_level, config.log_file)
+    for warning in plaintext_credentials(config):
+        logging.getLogger("dfarchive.config").warning("%s", warning)
     return config
 
 
 def run_main(program: str, main: Callable[[], int]) -> None:
-    """Run a command; known errors become one line on stderr and exit 2."""
+    """Run a command; known errors become one line on stderr and exit 2.
+
+    Core dumps are off first: the commands that hold run keys all start here.
+    """
+    disable_core_dumps()
     try:
         code = main()
     except DfArchiveError as error:

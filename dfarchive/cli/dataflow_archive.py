@@ -88,7 +88,7 @@ def _main() -> int:
     with contextlib.ExitStack() as cleanup:
         if broker_url(config.broker_url):
             stop = SignalSafeEvent()
-            install_signal_handlers(stop.set, stop.set)
+            install_signal_handlers(stop.set, _interrupt)
             cleanup.enter_context(scheduler_metrics(config))
             return run_scheduler(config, once=args.once, stop=stop)
 
@@ -101,6 +101,14 @@ def _main() -> int:
             cleanup.callback(view.close)
             observers.append(view)
         return _archive_here(runtime, observers, once=args.once)
+
+
+def _interrupt() -> None:
+    """A second Ctrl+C while scheduling: leave the pass in progress (perhaps waiting on
+    an unreachable server) at once; :func:`run_main` exits 130. A scheduler holds no
+    run and writes no file, so nothing is left to clean up (runs marked but not sent
+    yet are sent again after the re-enqueue window)."""
+    raise KeyboardInterrupt
 
 
 def _start_metrics(

@@ -259,7 +259,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     with open_checked_store(config) as store:
         if config.couchdb is not None:
             where = f"CouchDB database {config.couchdb.database!r} at {config.couchdb.url}"
-            print(f"state store ready: {where} (design document _design/lookup)")
+            print(f"state store ready: {where} (design docs _design/dfarchive, _design/lookup)")
         else:
             print(f"state store ready: SQLite {config.state_file} ({store.backend})")
     return EXIT_OK

@@ -1,8 +1,8 @@
 """The run-state store: one interface, the transitions of :mod:`dfarchive.runstate`.
 
-A backend supplies five primitives (read one, compare-and-swap write one, insert the
-missing ones in bulk, list by status, set up), and may add a bulk read and a change
-log; this base class turns them into the run transitions, each a read → change →
+A backend supplies six primitives (read one, compare-and-swap write one or many,
+insert the missing ones in bulk, list by status, set up), and may add a bulk read and a
+change log; this base class turns them into the run transitions, each a read → change →
 write-if-unchanged loop. A write that loses the race re-reads and decides again;
 nothing is ever overwritten blindly.
 """
@@ -127,6 +127,14 @@ class RunStore(ABC):
         """Write ``doc`` if the stored ``_rev`` still equals ``doc["_rev"]``.
 
         Returns the stored document with its new ``_rev``, or None on a conflict.
+        """
+
+    @abstractmethod
+    def _replace_many(self, docs: list[RunDocument]) -> list[RunDocument]:
+        """Write each of ``docs`` whose stored ``_rev`` still equals its ``_rev``.
+
+        Returns the documents written, with their new ``_rev``; a conflict skips that
+        document only. A bounded number of requests whatever ``len(docs)`` is.
         """
 
     @abstractmethod
@@ -280,11 +288,33 @@ class RunStore(ABC):
         False when the document changed since it was read (another scheduler marked it,
         or a worker claimed it): the caller then does not send a message.
         """
-        try:
-            changed = runstate.mark_enqueued(doc, now=self.clock())
-        except TransitionRefused:
-            return False
-        return self._replace(changed) is not None
+        return bool(self.mark_enqueued_many([doc]))
+
+    def mark_enqueued_many(self, docs: Iterable[RunDocument]) -> list[RunDocument]:
+        """Record a message for each run whose document is still as read, in one write.
+
+        Returns the documents marked, as now stored (new ``_rev``): the caller sends a
+        message for these only. A run no longer pending, or whose document changed since
+        it was read (another scheduler marked it, a worker claimed it), is skipped.
+        """
+        now = self.clock()
+        changed = []
+        for doc in docs:
+            try:
+                changed.append(runstate.mark_enqueued(doc, now=now))
+            except TransitionRefused:
+                continue
+        return self._replace_many(changed) if changed else []
+
+    def unmark_enqueued_many(self, marked: Iterable[RunDocument]) -> list[str]:
+        """Undo :meth:`mark_enqueued_many` for runs whose message was not sent, in one
+        write, so that the next pass sends them instead of waiting out the window.
+
+        ``marked``: documents as :meth:`mark_enqueued_many` returned them; one changed
+        since (a worker claimed it) is left alone. Returns the ids unmarked.
+        """
+        cleared = [{**doc, "enqueued_at": None} for doc in marked]
+        return [doc["_id"] for doc in self._replace_many(cleared)] if cleared else []
 
     # -- the compare-and-swap loop ------------------------------------------------
 

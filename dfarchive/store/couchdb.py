@@ -34,15 +34,20 @@ from .base import Changes, RunStore
 
 log = logging.getLogger(__name__)
 
-#: The design document every run database has; the original tool queries
-#: ``_design/lookup/_view/runfolder_id``, and other tools may too.
-DESIGN_DOC = "lookup"
-#: Our views in it. Only run documents (they have a ``path``) are indexed.
-VIEWS: dict[str, dict[str, str]] = {
+#: The original tool's design document: it queries ``_design/lookup/_view/runfolder_id``,
+#: and other tools may too. Not ours: created (with this one view) only when missing,
+#: never changed, whatever it holds.
+LOOKUP_DOC = "lookup"
+LOOKUP_VIEWS: dict[str, dict[str, str]] = {
     "runfolder_id": {"map": "function (doc) { if (doc.path) { emit(doc._id, doc.status); } }"},
+}
+#: dfarchive's own design document, and its views. Only run documents (they have a
+#: ``path``) are indexed.
+DESIGN_DOC = "dfarchive"
+VIEWS: dict[str, dict[str, str]] = {
     "by_status": {"map": "function (doc) { if (doc.path) { emit(doc.status, null); } }"},
 }
-#: Concurrent edits of the design document tolerated by :meth:`CouchStore.setup`.
+#: Concurrent edits of our design document tolerated by :meth:`CouchStore.setup`.
 SETUP_ROUNDS = 5
 #: Retries of a request that failed to connect, timed out or got a 429/5xx. Writes are
 #: retried too: a write that committed but whose reply was lost comes back as a 409,
@@ -127,13 +132,16 @@ class CouchStore(RunStore):
     # -- primitives -------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the database if missing and bring ``_design/lookup`` up to date.
+        """Create the database if missing, bring ``_design/dfarchive`` up to date, and
+        create the original tool's ``_design/lookup`` if it is missing.
 
-        Idempotent; views of the design document other than ours are kept.
+        Idempotent. An existing ``_design/lookup`` is never changed; views someone
+        added to ``_design/dfarchive`` are kept.
 
         Raises: StoreUnavailable, StoreAuthError, StoreError.
         """
         self._ensure_database()
+        self._ensure_lookup_doc()
         for _ in range(SETUP_ROUNDS):
             if self._ensure_design_doc():
                 return
@@ -226,6 +234,19 @@ class CouchStore(RunStore):
         )
         return None if result is None else {**doc, "_rev": result["rev"]}
 
+    def _replace_many(self, docs: list[RunDocument]) -> list[RunDocument]:
+        """POST ``docs`` to ``_bulk_docs`` with the ``_rev`` each was read with, in one
+        request; CouchDB checks each ``_rev`` and answers a conflict for that one only.
+
+        Raises: StoreUnavailable, StoreAuthError, StoreError.
+        """
+        results = self._call(
+            f"writing {len(docs)} runs",
+            lambda: self._client.post_bulk_docs(db=self.database, bulk_docs={"docs": docs}),
+        )
+        revs = {result["id"]: result["rev"] for result in self._accepted(results, "written")}
+        return [{**doc, "_rev": revs[doc["_id"]]} for doc in docs if doc["_id"] in revs]
+
     def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
         """Insert the documents not stored yet, in one request whatever their number.
 
@@ -243,7 +264,7 @@ class CouchStore(RunStore):
             f"registering {len(todo)} runs",
             lambda: self._client.post_bulk_docs(db=self.database, bulk_docs={"docs": todo}),
         )
-        return self._inserted(results)
+        return [result["id"] for result in self._accepted(results, "registered")]
 
     def _update(self, run_id: str, change: Callable[[RunDocument], RunDocument]) -> RunDocument:
         """The base compare-and-swap loop, one thread of this process at a time per run.
@@ -293,6 +314,34 @@ class CouchStore(RunStore):
         )
         log.info("created CouchDB database %s at %s", self.database, self.url)
 
+    def _ensure_lookup_doc(self) -> None:
+        """Create ``_design/lookup`` with ``runfolder_id`` if there is none; else leave
+        it exactly as it is (warning if the view the original tool queries is missing)."""
+        stored = self._call(
+            f"reading _design/{LOOKUP_DOC}",
+            lambda: self._client.get_design_document(db=self.database, ddoc=LOOKUP_DOC),
+            tolerate=(404,),
+        )
+        if stored is not None:
+            if "runfolder_id" not in stored.get("views", {}):
+                log.warning(
+                    "_design/%s in %s has no runfolder_id view, which the original "
+                    "dataflow_archive queries (dfarchive does not need it; left as it is)",
+                    LOOKUP_DOC,
+                    self.database,
+                )
+            return
+        wanted = {"_id": f"_design/{LOOKUP_DOC}", "language": "javascript", "views": LOOKUP_VIEWS}
+        created = self._call(
+            f"creating _design/{LOOKUP_DOC}",
+            lambda: self._client.put_design_document(
+                db=self.database, ddoc=LOOKUP_DOC, design_document=wanted
+            ),
+            tolerate=(409,),  # created by someone else meanwhile: theirs stays
+        )
+        if created is not None:
+            log.info("created _design/%s in %s (view runfolder_id)", LOOKUP_DOC, self.database)
+
     def _ensure_design_doc(self) -> bool:
         """One read-compare-write round; False when the write lost a race."""
         stored = self._call(
@@ -317,20 +366,26 @@ class CouchStore(RunStore):
         log.info("wrote _design/%s in %s (views: %s)", DESIGN_DOC, self.database, sorted(views))
         return True
 
-    def _inserted(self, results: list[dict[str, Any]]) -> list[str]:
-        inserted = []
+    def _accepted(self, results: list[dict[str, Any]], done: str) -> list[dict[str, Any]]:
+        """The results of a ``_bulk_docs`` request that were written.
+
+        A conflict (another writer was first) is expected and skipped silently; any
+        other refusal is logged with the run's id.
+        """
+        accepted = []
         for result in results:
             if result.get("ok") or ("rev" in result and "error" not in result):
-                inserted.append(result["id"])
-            elif result.get("error") != "conflict":  # conflict: registered by another writer
+                accepted.append(result)
+            elif result.get("error") != "conflict":
                 log.error(
-                    "%s: run %r was not registered: %s: %s",
+                    "%s: run %r was not %s: %s: %s",
                     self._where(),
                     result.get("id"),
+                    done,
                     result.get("error"),
                     result.get("reason"),
                 )
-        return inserted
+        return accepted
 
     def _where(self) -> str:
         return f"CouchDB {self.url} database {self.database!r}"
@@ -485,4 +540,4 @@ def _storable(docs: list[RunDocument]) -> list[RunDocument]:
     return kept
 
 
-__all__ = ["DESIGN_DOC", "VIEWS", "CouchStore"]
+__all__ = ["DESIGN_DOC", "LOOKUP_DOC", "LOOKUP_VIEWS", "VIEWS", "CouchStore"]

@@ -121,15 +121,22 @@ class SqliteStore(RunStore):
         return [_document(*row) for row in rows]
 
     def _replace(self, doc: RunDocument) -> RunDocument | None:
-        body, rev = _body(doc), int(doc["_rev"])
+        written = self._replace_many([doc])
+        return written[0] if written else None
+
+    def _replace_many(self, docs: list[RunDocument]) -> list[RunDocument]:
+        """``UPDATE ... WHERE rev = ?`` for each document, all in one transaction."""
+        written = []
         with self._db(write=True) as db:
-            cursor = db.execute(
-                "UPDATE runs SET rev = rev + 1, status = ?, body = ? WHERE id = ? AND rev = ?",
-                (doc.get("status"), body, doc["_id"], rev),
-            )
-        if cursor.rowcount != 1:
-            return None
-        return {**doc, "_rev": str(rev + 1)}
+            for doc in docs:
+                rev = int(doc["_rev"])
+                cursor = db.execute(
+                    "UPDATE runs SET rev = rev + 1, status = ?, body = ? WHERE id = ? AND rev = ?",
+                    (doc.get("status"), _body(doc), doc["_id"], rev),
+                )
+                if cursor.rowcount == 1:
+                    written.append({**doc, "_rev": str(rev + 1)})
+        return written
 
     def _insert_missing(self, docs: list[RunDocument]) -> list[str]:
         inserted = []

@@ -10,9 +10,13 @@ every file under the workspace (``TMPDIR`` points into it) and in the logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +211,73 @@ def test_keys_path_is_created_0700_even_with_umask_0(
     )  # inherits umask 0
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+
+
+# -- core dumps ------------------------------------------------------------------------------
+
+
+def core_limit(pid: int) -> str:
+    """A process's core file size limits, soft and hard, e.g. ``"0 0"``."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return " ".join(line.split()[4:6])
+    raise AssertionError(f"no core file size in /proc/{pid}/limits")
+
+
+def allow_core_dumps() -> None:
+    """In the child before exec: core files allowed, as a shell may have left them."""
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def test_dataflow_archive_holding_a_run_key_cannot_dump_core(
+    tmp_path: Path, keyring: GnupgHome
+) -> None:
+    ws = Workspace(tmp_path, keyring)
+    slow_run(ws, "run_secret")
+    argv = [str(BIN / "dataflow_archive"), "-c", str(ws.config())]
+    process = subprocess.Popen(
+        argv, env=ws.env(), cwd=ws.base, preexec_fn=allow_core_dumps, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (ws.partials() and children_of(process.pid)):  # archiving: key held
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)  # polling files with a deadline
+        limits = {pid: core_limit(pid) for pid in [process.pid, *children_of(process.pid)]}
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    assert len(limits) >= 2, limits  # dataflow_archive and its tar at least
+    assert set(limits.values()) == {"0 0"}, limits
+
+
+def test_every_command_turns_core_dumps_off_first() -> None:
+    """``dataflow_archive`` and every ``dfarchive`` command (``restore``, ``verify
+    --deep``) start in :func:`run_main`."""
+    script = (
+        "from pathlib import Path; from dfarchive.cli.common import run_main; "
+        "limits = lambda: [l for l in Path('/proc/self/limits').read_text().splitlines() "
+        "if l.startswith('Max core')][0].split()[4:6]; "
+        "print(*limits()); run_main('t', lambda: print(*limits()) or 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        preexec_fn=allow_core_dumps,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, after = done.stdout.splitlines()
+    assert before != "0 0"
+    assert after == "0 0"
