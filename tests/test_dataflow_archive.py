@@ -122,7 +122,8 @@ def test_once_exits_1_when_a_run_fails(tmp_path, gnupg_home):
     sparse_run(tmp_path, "run_ok", 1 << 16)
     with SqliteStore(tmp_path / "runs.sqlite3") as store:  # registered, then deleted
         store.setup()
-        store.register_many([NewRun("run_gone", str(tmp_path / "gone"), "seqA")], worker_id="s")
+        gone = tmp_path / "seq" / "seqA" / "run_gone"
+        store.register_many([NewRun("run_gone", str(gone), "seqA")], worker_id="s")
     result = subprocess.run(
         [str(BIN / "dataflow_archive"), "-c", str(config), "--once"],
         capture_output=True,

@@ -287,7 +287,12 @@ def test_a_destination_turning_read_only_mid_life_is_a_counted_failure(
         store.register_many([NewRun("run_ro", str(run), "seqA")], worker_id="s:1")
         with read_only(ws.archives):
             outcome = attempt_run(
-                store, "run_ro", worker_id="w:1", settings=settings, recipient=recipient
+                store,
+                "run_ro",
+                worker_id="w:1",
+                settings=settings,
+                recipient=recipient,
+                sequencing_path=ws.seq,
             )
         doc = store.get("run_ro")
     assert outcome is Outcome.FAILED
