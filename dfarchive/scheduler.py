@@ -61,9 +61,17 @@ def schedule_pass(
         report.registered = register_found(store, scanned.runs, worker_id=worker_id)
         for run_id in report.registered:
             log.info("[%s] registered as pending", run_id)
-    report.reclaimed = store.reclaim_expired()
+    sweep = store.sweep_leases()
+    report.reclaimed = sweep.reclaimed
     for run_id in report.reclaimed:
         log.warning("[%s] lease expired; put back to pending", run_id)
+    for doc in sweep.legacy_held:
+        log.warning(
+            "%s",
+            runstate.legacy_hold_message(
+                doc, now=store.clock(), legacy_lease_seconds=store.legacy_lease_seconds
+            ),
+        )
     if enqueue is not None:
         for doc in store.due_for_enqueue(window):
             if store.mark_enqueued(doc):
@@ -121,8 +129,7 @@ def _archivable(run: NewRun, doc: RunDocument) -> bool:
         os.path.normpath(stored_path) != os.path.normpath(run.path)
     ):
         log.error(
-            "not archiving %r: run id %r is registered for %r (status %r); "
-            "run ids must be unique",
+            "not archiving %r: run id %r is registered for %r (status %r); run ids must be unique",
             run.path,
             run.run_id,
             doc.get("path"),

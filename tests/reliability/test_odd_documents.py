@@ -299,3 +299,57 @@ def test_hostile_documents_fail_at_once_and_nothing_is_written_outside(
     assert sorted(p.name for p in ws.archives.iterdir()) == ["run_real.tar.gpg"]
     assert sorted(p.name for p in ws.keys.iterdir()) == ["run_real.key.gpg"]
     assert not list(tmp_path.rglob("ESCAPED.*"))
+
+
+# -- the original tool's live claims ----------------------------------------------------
+
+
+def test_a_live_claim_of_the_original_tool_is_left_alone_and_reported(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dfarchive.runstate import timestamp
+
+    ws = backend.ws
+    run = ws.make_run("seqA", "run_legacy")
+    an_hour_ago = timestamp(datetime.now(UTC) - timedelta(hours=1))
+    backend.put({"_id": "run_legacy", "path": str(run), "status": "processing",
+                 "worker_id": "seq-host-1", "failure_count": 0,
+                 "created_at": an_hour_ago, "updated_at": an_hour_ago})  # fmt: skip
+    config = load_config(backend.config, environ=backend.env)
+    assert config.legacy_lease_seconds == 86400
+    with open_store(config) as store, caplog.at_level(logging.INFO, logger="dfarchive"):
+        for _ in range(2):
+            assert schedule_pass(store, config, worker_id="scheduler").reclaimed == []
+    held = [r.getMessage() for r in caplog.records if "original tool" in r.getMessage()]
+    assert len(held) == 2  # once per pass
+    assert held[0].startswith(
+        "[run_legacy] processing by the original tool on host seq-host-1 (last updated 1:00:"
+    )
+    assert held[0].endswith(
+        "To take it over now: stop the original worker on seq-host-1, then run: "
+        "dfarchive release run_legacy"
+    )
+    before = backend.docs()["run_legacy"]
+    result = backend.run("--once")
+    assert result.returncode == 0, result.output
+    assert backend.docs()["run_legacy"] == before  # never reclaimed, never touched
+    assert "[run_legacy] processing by the original tool on host seq-host-1" in result.output
+
+    # past legacy_lease_seconds it is reclaimed like an expired lease, then archived
+    shorter = ws.config(legacy_lease_seconds=1800, **_statusdb_of(backend))
+    result = backend.ws.run("dataflow_archive", "--once", "-c", str(shorter), env=backend.env)
+    assert result.returncode == 0, result.output
+    doc = backend.docs()["run_legacy"]
+    assert (doc["status"], doc["failure_count"]) == ("encrypted", 1)
+    assert doc["attempts"][0]["error"].startswith(
+        "lease expired: the original tool on seq-host-1 held it with no lease"
+    )
+    assert doc["worker_id"] == doc["archive"]["host"]  # the host name, as the original tool
+
+
+def _statusdb_of(backend: Backend) -> dict[str, Any]:
+    import yaml
+
+    return {"statusdb": yaml.safe_load(backend.config.read_text())["statusdb"]}
