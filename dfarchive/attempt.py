@@ -121,7 +121,7 @@ class RecipientGate:
             log.critical(
                 "GPG recipient %s can no longer be encrypted to: %s. Runs go back to "
                 "pending (not counted) and no new run is taken until the key is usable "
-                "again (checked every %.0f s); fix the keyring (gnupg_home or $GNUPGHOME)",
+                "again (checked every %g s); fix the keyring (gnupg_home or $GNUPGHOME)",
                 self.recipient.fingerprint,
                 problem,
                 self.recheck_seconds,
