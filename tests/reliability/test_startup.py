@@ -349,7 +349,7 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
     """Every run used to burn its attempts on RecipientError. Now: released uncounted
     with last_error, one CRITICAL line, no claims while the key is missing (checked
     every scan_interval), archived once the key is imported again."""
-    from dfarchive import attempt
+    from dfarchive import keys
     from dfarchive.localrun import LocalArchiver
     from dfarchive.startup import prepare
 
@@ -362,13 +362,13 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
         ws.make_run("seqA", name)
     runtime = prepare(load_config(ws.config(gnupg_home=worker.home, concurrency=2)))
     checks: list[float] = []
-    real_check = attempt.check_recipient
+    real_resolve = keys.resolve_recipient
 
-    def counted_check(recipient, gnupg_home):  # type: ignore[no-untyped-def]
-        checks.append(time.monotonic())
-        return real_check(recipient, gnupg_home=gnupg_home)
+    def counted_resolve(name, *, gnupg_home=None):  # type: ignore[no-untyped-def]
+        checks.append(time.monotonic())  # the key check each attempt and re-check makes
+        return real_resolve(name, gnupg_home=gnupg_home)
 
-    monkeypatch.setattr(attempt, "check_recipient", counted_check)
+    monkeypatch.setattr(keys, "resolve_recipient", counted_resolve)
     worker.gpg("--yes", "--delete-keys", keyring.fingerprint)  # after start-up
     archiver = LocalArchiver(runtime)
     loop = threading.Thread(target=archiver.run, daemon=True)
@@ -384,15 +384,15 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
             "two runs released",
         )
         released = {run_id: doc for run_id, doc in docs.items() if doc.get("last_error")}
-        seen = len(checks)
-        poll(lambda: len(checks) >= seen + 3, "three re-checks of the key")
-        assert ws.documents() == docs  # nothing claimed meanwhile
         for doc in released.values():
             assert (doc["status"], doc["failure_count"]) == ("pending", 0)
             assert doc["last_error"].startswith(
                 "not archived now: the GPG recipient is unusable: GPG recipient "
                 f"'{keyring.fingerprint}': no public key found"
             )
+        seen = len(checks)
+        poll(lambda: len(checks) >= seen + 3, "three re-checks of the key")
+        assert ws.documents() == docs  # nothing claimed meanwhile
         untouched = [doc for doc in docs.values() if not doc.get("last_error")]
         assert len(untouched) == 1 and "claim_token" not in untouched[0]
         loud = [r for r in caplog.records if r.levelno >= logging.ERROR]
