@@ -43,7 +43,9 @@ class LeaseKeeper:
         self._progress: dict[str, Any] | None = None
         self._started = time.monotonic()
         self._last_renewed = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{claim.run_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{claim.run_id}", daemon=True
+        )
 
     def update_progress(self, done: int, total: int) -> None:
         """Record progress; it reaches the document with the next heartbeat."""

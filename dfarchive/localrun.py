@@ -104,7 +104,7 @@ class LocalArchiver:
                 self._wakeup.wait(1.0 if once else self.config.scan_interval)
                 self._wakeup.clear()
         except BaseException as error:
-            log.error("stopping after an error: %s", error)
+            log.error("stopping after %s: %s", type(error).__name__, error)
             self.stop()  # take nothing new; a second Ctrl+C must still cancel
             raise
         finally:

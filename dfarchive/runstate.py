@@ -127,16 +127,13 @@ def legacy_hold_message(
     """One line for the log: who holds the run, for how long, how to take it over."""
     updated = parse_timestamp(doc.get("updated_at"))
     age = "?" if updated is None else str(now - updated).split(".")[0]
+    until = lease_end(doc, legacy_lease_seconds)
     return (
         f"[{doc.get('_id')}] processing by the original tool on host {doc.get('worker_id')} "
-        f"(last updated {age} ago); left alone until {_stamp(lease_end(doc, legacy_lease_seconds))}"
-        f" (legacy_lease_seconds). To take it over now: stop the original worker on "
+        f"(last updated {age} ago); left alone until {until and timestamp(until)} "
+        f"(legacy_lease_seconds). To take it over now: stop the original worker on "
         f"{doc.get('worker_id')}, then run: dfarchive release {doc.get('_id')}"
     )
-
-
-def _stamp(moment: datetime | None) -> str | None:
-    return None if moment is None else timestamp(moment)
 
 
 def holder(doc: Mapping[str, Any]) -> Any:
@@ -358,7 +355,8 @@ def force_release(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
     """
     if doc.get("status") != PROCESSING:
         raise TransitionRefused(
-            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only processing runs can be released"
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only processing runs can be "
+            "released"
         )
     reason = (
         f"released by an operator from worker {holder(doc)} "

@@ -129,7 +129,8 @@ def _archivable(run: NewRun, doc: RunDocument) -> bool:
         os.path.normpath(stored_path) != os.path.normpath(run.path)
     ):
         log.error(
-            "not archiving %r: run id %r is registered for %r (status %r); run ids must be unique",
+            "not archiving %r: run id %r is registered for %r (status %r); "
+            "run ids must be unique",
             run.path,
             run.run_id,
             doc.get("path"),
