@@ -1,14 +1,16 @@
 """One attempt at one run (``attempt_run``): every outcome, and the checks before the work.
 
 The unit tests put a stand-in for the pipeline (``attempt.archive_run``) on a real SQLite
-store: the outcome logic is what they test. The tests marked "real" run the real
-pipeline (tar, OpenPGP, gpg key wrap) with a real keyring.
+store: the outcome logic is what they test. The last test runs the real pipeline
+(tar, OpenPGP, gpg key wrap) with a real keyring.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -163,7 +165,6 @@ def test_skipped_when_not_claimable_or_unknown(store, settings, seq, monkeypatch
     paths = pipeline(monkeypatch, raising(AssertionError("must not run")))
     store.claim("run_1", worker_id="host-b")
     assert run(store, settings, seq) is Outcome.SKIPPED
-    store.register_many([], worker_id="h")
     assert (
         attempt_run(
             store,
@@ -221,9 +222,6 @@ def test_the_pipeline_gets_the_normalised_path(store, settings, seq, monkeypatch
 
 
 def test_claims_record_the_host_and_the_process(store, settings, seq, monkeypatch, recipient_ok):
-    import os
-    import socket
-
     pipeline(monkeypatch, lambda before_publish: RECORD)
     host = socket.gethostname()
     attempt_run(
