@@ -11,6 +11,12 @@ retries (the store's ``failure_count`` is the retry policy, so a handled failure
 reaches the dead-letter queue), and ``notify_shutdown`` so a worker that is told to
 stop releases its run instead of abandoning it.
 
+While the recipient key is unusable (revoked, expired, removed since start-up), a
+worker takes no run: a message that arrives then is dropped unclaimed (the run stays
+pending; the scheduler sends it again after its re-enqueue window, an hour by
+default, or on its next pass for a run an attempt released). The key is checked again
+at most every ``scan_interval``.
+
 With ``metrics_port`` set, Dramatiq's Prometheus middleware and dfarchive's
 per-process metrics are served on that port (:mod:`dfarchive.worker_metrics`).
 """
@@ -23,7 +29,7 @@ import os
 import dramatiq
 from dramatiq.middleware import Middleware, Shutdown
 
-from .attempt import AttemptObserver, attempt_run
+from .attempt import AttemptObserver, RecipientGate, attempt_run
 from .config import config_path, load_config
 from .errors import DfArchiveError
 from .logs import setup_logging
@@ -36,8 +42,6 @@ log = logging.getLogger(__name__)
 #: Longer than any run will take (30 days): Dramatiq's TimeLimit can't interrupt a
 #: blocking syscall anyway, and a run must never be killed for being large.
 TIME_LIMIT_MS = 30 * 24 * 3600 * 1000
-#: Lets tests (and unusual deployments) give each worker process a readable id.
-WORKER_ID_ENV = "DFARCHIVE_WORKER_ID"
 
 _config = load_config(config_path())
 _url = broker_url(_config.broker_url)
@@ -55,6 +59,7 @@ if _config.metrics_port is not None:
     broker.add_middleware(WorkerPrometheus())
 
 _runtime: Runtime | None = None
+_gate: RecipientGate | None = None
 _observers: list[AttemptObserver] = []
 
 
@@ -62,7 +67,7 @@ class WorkerStartupChecks(Middleware):
     """Run the start-up checks once per worker process, before it takes messages."""
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        global _runtime
+        global _runtime, _gate
         setup_logging(_config.log_level, _config.log_file)
         try:
             _runtime = prepare(_config)
@@ -71,9 +76,14 @@ class WorkerStartupChecks(Middleware):
             raise
         if _config.metrics_port is not None:  # made after process boot: multiprocess mode
             _observers.append(ArchiveMetrics())
-        if os.environ.get(WORKER_ID_ENV):
-            _runtime.worker_id = f"{os.environ[WORKER_ID_ENV]}:{os.getpid()}"
-        log.info("worker %s ready (recipient %s)", _runtime.worker_id, _runtime.recipient)
+        _gate = RecipientGate(
+            _runtime.recipient,  # type: ignore[arg-type]
+            gnupg_home=_config.gnupg_home,
+            recheck_seconds=_config.scan_interval,
+        )
+        log.info(
+            "worker %s:%d ready (recipient %s)", _runtime.worker_id, os.getpid(), _runtime.recipient
+        )
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if _runtime is not None:
@@ -92,7 +102,12 @@ broker.add_middleware(WorkerStartupChecks())
 )
 def archive_run(run_id: str) -> None:
     """Claim ``run_id`` and archive it; a no-op if someone else holds or finished it."""
-    assert _runtime is not None, "worker booted without its start-up checks"
+    assert _runtime is not None and _gate is not None, "worker booted without its checks"
+    if not _gate.is_open():
+        # Not claimed, so the run stays pending with its enqueued_at: the scheduler
+        # sends it again once its re-enqueue window has passed.
+        log.warning("[%s] not taken: the GPG recipient is unusable (see above)", run_id)
+        return
     try:
         outcome = attempt_run(
             _runtime.store,
@@ -100,7 +115,9 @@ def archive_run(run_id: str) -> None:
             worker_id=_runtime.worker_id,
             settings=_runtime.settings,
             recipient=_runtime.recipient,  # type: ignore[arg-type]
+            sequencing_path=_config.sequencing_path,
             observers=_observers,
+            gate=_gate,
         )
     except Shutdown:
         # attempt_run already stopped the children, removed partial files and released

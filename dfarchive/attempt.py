@@ -7,7 +7,13 @@ both follow the same rules:
 * a pipeline error is a counted failure (``fail``), with the error text recorded;
 * a cancellation (shutdown) puts the run back to pending uncounted (``release``);
 * a lost claim (our lease was reclaimed) leaves the document to its new holder;
-* the store being unreachable is retried with backoff and never counted.
+* the store being unreachable is retried with backoff and never counted;
+* a document that names a run id or a folder dfarchive must not write or read (not
+  one safe file name; not ``sequencing_path/<sequencer>/<run>``) fails the run at
+  once, before anything is read or written;
+* an unusable recipient key (revoked, expired, removed since start-up) is not the
+  run's fault: the run goes back to pending uncounted, and the process's
+  :class:`RecipientGate` stops it taking new runs until the key is usable again.
 
 Observers (:class:`AttemptObserver`) watch attempts without taking part: the terminal
 progress view and the metrics are two. Their hooks must be quick; an observer that
@@ -19,9 +25,11 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import (
@@ -29,12 +37,15 @@ from .errors import (
     ClaimLost,
     DfArchiveError,
     OutOfSpace,
+    RecipientError,
     StoreUnavailable,
+    ToolError,
     UnknownRun,
 )
-from .keys import Recipient
+from .keys import Recipient, check_recipient
 from .lease import LeaseKeeper
-from .pipeline import ArchiveSettings, archive_run, run_folder_path
+from .pipeline import ArchiveSettings, archive_run
+from .scan import run_id_problem, run_path_problem
 from .store.base import Claim, RunStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,75 @@ class Outcome(enum.Enum):
     DEFERRED = "deferred"  # no room at the destination: back to pending, uncounted
     LOST = "lost"  # our claim was taken over; nothing written
     SKIPPED = "skipped"  # not claimable (another worker, done, failed, unknown)
+    NO_RECIPIENT = "no-recipient"  # recipient key unusable: back to pending, uncounted
+
+
+#: How often a closed :class:`RecipientGate` checks the key again, by default.
+RECIPIENT_RECHECK_SECONDS = 30.0
+
+
+class RecipientGate:
+    """Whether this process may take new runs, as far as the recipient key goes.
+
+    Each attempt checks the pinned recipient before its heavy work (:meth:`check`).
+    The first failure is logged loudly, once; until a check passes again the gate is
+    closed: :meth:`is_open` is False (it checks again at most every
+    ``recheck_seconds``) and the process takes no new runs. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        recipient: Recipient,
+        *,
+        gnupg_home: Path | None,
+        recheck_seconds: float = RECIPIENT_RECHECK_SECONDS,
+    ) -> None:
+        self.recipient = recipient
+        self.gnupg_home = None if gnupg_home is None else str(gnupg_home)
+        self.recheck_seconds = recheck_seconds
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._checked = 0.0  # time.monotonic() of the last failed check
+
+    def check(self) -> str | None:
+        """Check the key now: None if it can be encrypted to, else why not."""
+        try:
+            check_recipient(self.recipient, gnupg_home=self.gnupg_home)
+        except (RecipientError, ToolError) as error:
+            self.failed(str(error))
+            return str(error)
+        with self._lock:
+            was, self._problem = self._problem, None
+        if was is not None:
+            log.warning(
+                "GPG recipient %s is usable again; taking new runs", self.recipient.fingerprint
+            )
+        return None
+
+    def failed(self, problem: str) -> None:
+        """Record that the key can't be used (by :meth:`check`, or gpg at key wrap)."""
+        with self._lock:
+            first = self._problem is None
+            self._problem, self._checked = problem, time.monotonic()
+        if first:
+            log.critical(
+                "GPG recipient %s can no longer be encrypted to: %s. Runs go back to "
+                "pending (not counted) and no new run is taken until the key is usable "
+                "again (checked every %g s); fix the keyring (gnupg_home or $GNUPGHOME)",
+                self.recipient.fingerprint,
+                problem,
+                self.recheck_seconds,
+            )
+
+    def is_open(self) -> bool:
+        """True unless the key was found unusable and a check now still says so."""
+        with self._lock:
+            problem, checked = self._problem, self._checked
+        if problem is None:
+            return True
+        if time.monotonic() - checked < self.recheck_seconds:
+            return False
+        return self.check() is None
 
 
 class AttemptObserver:
@@ -106,42 +186,89 @@ def attempt_run(
     worker_id: str,
     settings: ArchiveSettings,
     recipient: Recipient,
+    sequencing_path: Path,
     cancel: threading.Event | None = None,
     observers: Sequence[AttemptObserver] = (),
+    gate: RecipientGate | None = None,
 ) -> Outcome:
     """Claim ``run_id`` and archive it. Never raises for a run-level problem.
 
-    ``cancel`` (one event per run) stops the work and releases the run uncounted.
-    A BaseException from outside (Dramatiq's Shutdown, KeyboardInterrupt) also
-    releases the run, then propagates. ``observers`` see its progress and its end.
+    ``worker_id`` is the host (see :func:`runstate.claim`). ``sequencing_path``: the
+    only place run folders may be. ``cancel`` (one event per run) stops the work and
+    releases the run uncounted. A BaseException from outside (Dramatiq's Shutdown,
+    KeyboardInterrupt) also releases the run, then propagates. ``observers`` see its
+    progress and its end. ``gate``: the process's :class:`RecipientGate` (default:
+    one for this attempt alone).
     """
     cancel = cancel or threading.Event()
+    claimed_by = f"{worker_id}:{os.getpid()}:{threading.get_native_id()}"
     try:
         claim = with_store_retries(
-            lambda: store.claim(run_id, worker_id=worker_id), f"[{run_id}] claim", cancel=cancel
+            lambda: store.claim(run_id, worker_id=worker_id, claimed_by=claimed_by),
+            f"[{run_id}] claim",
+            cancel=cancel,
         )
     except UnknownRun:
-        log.warning("[%s] no such run in the store; ignoring the message", run_id)
+        problem = run_id_problem(run_id)
+        if problem is not None:  # e.g. "..", which a CouchDB URL can't address
+            log.error("[%r] refused: %s; the store can't update it: delete it", run_id, problem)
+        else:
+            log.warning("[%s] no such run in the store; ignoring the message", run_id)
         return Outcome.SKIPPED
     if claim is None:
         log.info("[%s] not claimable (held elsewhere, done or failed); skipping", run_id)
         return Outcome.SKIPPED
-    log.info("[%s] claimed by %s", run_id, worker_id)
-    outcome, record = _archive_claimed(
-        store, claim, claim.path, settings, recipient, cancel, observers
+    log.info("[%s] claimed by %s", run_id, claimed_by)
+    outcome, record = _checked_attempt(
+        store, claim, settings, recipient, sequencing_path, cancel, observers, gate
     )
     _notify(observers, lambda observer: observer.ended(run_id, outcome, record))
     return outcome
 
 
+def _checked_attempt(
+    store: RunStore,
+    claim: Claim,
+    settings: ArchiveSettings,
+    recipient: Recipient,
+    sequencing_path: Path,
+    cancel: threading.Event,
+    observers: Sequence[AttemptObserver],
+    gate: RecipientGate | None,
+) -> tuple[Outcome, dict[str, Any] | None]:
+    """The checks before the heavy work, then the work."""
+    problem = run_id_problem(claim.run_id) or run_path_problem(
+        claim.path, claim.run_id, sequencing_path
+    )
+    if problem is not None:
+        message = f"refused: {problem}; nothing was read or written"
+        doc = _end(store, claim, lambda: store.fail_for_good(claim, message))
+        log.error("[%r] %s (run now %s)", claim.run_id, message, doc and doc["status"])
+        return Outcome.FAILED, None
+    gate = gate or RecipientGate(recipient, gnupg_home=settings.gnupg_home)
+    unusable = gate.check()
+    if unusable is not None:
+        return _recipient_unusable(store, claim, unusable), None
+    run_path = Path(os.path.normpath(claim.path))  # type: ignore[arg-type]  # checked above
+    return _archive_claimed(store, claim, run_path, settings, recipient, cancel, observers, gate)
+
+
+def _recipient_unusable(store: RunStore, claim: Claim, problem: str) -> Outcome:
+    message = f"not archived now: the GPG recipient is unusable: {problem}"
+    _end(store, claim, lambda: store.release(claim, message, error=True))
+    log.info("[%s] released back to pending (not counted): recipient unusable", claim.run_id)
+    return Outcome.NO_RECIPIENT
+
+
 def _archive_claimed(
     store: RunStore,
     claim: Claim,
-    run_path: object,  # as stored: checked by run_folder_path, a counted failure if unusable
+    run_path: Path,
     settings: ArchiveSettings,
     recipient: Recipient,
     cancel: threading.Event,
     observers: Sequence[AttemptObserver],
+    gate: RecipientGate,
 ) -> tuple[Outcome, dict[str, Any] | None]:
     run_id = claim.run_id
     lease = LeaseKeeper(store, claim, cancel)
@@ -154,7 +281,7 @@ def _archive_claimed(
         with lease:
             record = archive_run(
                 run_id,
-                run_folder_path(run_path),
+                run_path,
                 settings,
                 recipient,
                 progress=progress,
@@ -177,6 +304,11 @@ def _archive_claimed(
         _end(store, claim, lambda: store.release(claim, message, error=True))
         log.error("[%s] no space to archive, will retry later: %s", run_id, message)
         return Outcome.DEFERRED, None
+    except RecipientError as error:  # gpg refused the key at wrap time
+        if lease.lost:
+            return Outcome.LOST, None
+        gate.failed(str(error))
+        return _recipient_unusable(store, claim, str(error)), None
     except DfArchiveError as error:
         if lease.lost:
             return Outcome.LOST, None

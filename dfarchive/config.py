@@ -71,6 +71,7 @@ class Config:
     scan_interval: float = 30.0
     concurrency: int = 2
     lease_seconds: float = 300.0
+    legacy_lease_seconds: float = 86400.0
     gnupg_home: Path | None = None
     metrics_port: int | None = None
 
@@ -95,6 +96,7 @@ TOP_KEYS = (
     "scan_interval",
     "concurrency",
     "lease_seconds",
+    "legacy_lease_seconds",
     "gnupg_home",
     "metrics_port",
 )
@@ -168,6 +170,9 @@ def parse_config(
         scan_interval=reader.number(raw, "scan_interval", default=30.0, minimum=0.1),
         concurrency=reader.integer(raw, "concurrency", default=2, minimum=1),
         lease_seconds=reader.number(raw, "lease_seconds", default=300.0, minimum=1.0),
+        legacy_lease_seconds=reader.number(
+            raw, "legacy_lease_seconds", default=86400.0, minimum=1.0
+        ),
         gnupg_home=reader.optional_directory(raw, "gnupg_home"),
         metrics_port=reader.port(raw, "metrics_port"),
     )

@@ -317,3 +317,16 @@ def _unescape(text: str) -> str:
         return text
     raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), text.encode())
     return raw.decode(errors="replace")
+
+
+def check_recipient(recipient: Recipient, *, gnupg_home: str | None = None) -> None:
+    """Check that the pinned recipient can still be encrypted to; one ``gpg --list-keys``.
+
+    For use before each run: since start-up, the key may have been revoked, may have
+    expired, or been removed from the keyring.
+
+    Raises:
+        RecipientError: it can't be encrypted to any more (the message says why).
+        ToolError: gpg could not be run.
+    """
+    resolve_recipient(recipient.fingerprint, gnupg_home=gnupg_home)

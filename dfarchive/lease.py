@@ -5,6 +5,10 @@ the latest progress into the run document. If the store says the run is no longe
 ours (reclaimed after a long pause, or released by an operator), or the store has been
 unreachable for a whole lease period, the keeper sets ``cancel`` so the pipeline stops
 and cleans up; the caller then leaves the document alone.
+
+Just before publishing, :meth:`LeaseKeeper.confirm` renews once more on the caller's
+thread; a store that is unreachable then is waited for while the lease lasts, never
+counted against the run.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import ClaimLost, StoreError, StoreUnavailable
+from .errors import Cancelled, ClaimLost, StoreError, StoreUnavailable
 from .runstate import timestamp
 from .store.base import Claim, RunStore, utc_now
 
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Progress reaches the document at least this often, whatever the lease length.
 MAX_HEARTBEAT_INTERVAL = 30.0
+#: First wait before :meth:`LeaseKeeper.confirm` asks an unreachable store again.
+CONFIRM_RETRY_FIRST = 0.5
 
 
 class LeaseKeeper:
@@ -52,10 +58,45 @@ class LeaseKeeper:
         }
 
     def confirm(self) -> None:
-        """Renew now and raise ClaimLost if the run is no longer ours (before publishing)."""
-        if self.lost or not self.store.heartbeat(self.claim, self._progress):
+        """Renew now, the last check before publishing: this thread renews from here on.
+
+        While the store is unreachable, retries until the lease would run out, then
+        raises Cancelled (not the run's fault: the caller releases it uncounted).
+        Raises ClaimLost if the run is no longer ours.
+        """
+        self._stop_renewing()
+        delay = CONFIRM_RETRY_FIRST
+        while not self.lost:
+            try:
+                renewed = self.store.heartbeat(self.claim, self._progress)
+            except StoreUnavailable as error:
+                silent = time.monotonic() - self._last_renewed
+                left = self.store.lease_seconds - silent
+                if left <= 0:
+                    raise Cancelled(
+                        f"the store was unreachable for {silent:.0f} s just before publishing "
+                        f"({error}); the lease ran out, so nothing was published"
+                    ) from None
+                log.warning(
+                    "[%s] store unreachable before publishing (%s); retrying for %.0f s more",
+                    self.claim.run_id,
+                    error,
+                    left,
+                )
+                if self.cancel.wait(min(delay, left)):
+                    return  # the pipeline's own cancel check stops the attempt
+                delay = min(delay * 2, self.interval)
+                continue
+            if renewed:
+                self._last_renewed = time.monotonic()
+                return
             self._lose("the claim was lost before publishing")
-            raise ClaimLost(f"run {self.claim.run_id!r} is no longer held by this worker")
+        raise ClaimLost(f"run {self.claim.run_id!r} is no longer held by this worker")
+
+    def _stop_renewing(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _lose(self, why: str) -> None:
         if not self.lost:

@@ -10,7 +10,13 @@ SIGTERM) takes nothing new and lets the runs in progress finish;
 :meth:`LocalArchiver.stop_now` (second Ctrl+C) cancels them: children stopped,
 partial files removed, runs released to pending uncounted. Both are called from
 signal handlers, so they only set lock-free events (:mod:`dfarchive.sigsafe`); the
-loop on the main thread does the rest, logging included.
+loop on the main thread does the rest, logging included. An error that ends the loop
+(a store error that is not transient) stops it like the first Ctrl+C: the runs in
+progress finish, and a second Ctrl+C still cancels them.
+
+While the recipient key is unusable (:class:`~dfarchive.attempt.RecipientGate`), the
+loop keeps scheduling but claims nothing; it checks the key again every
+``scan_interval``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 from . import runstate
-from .attempt import AttemptObserver, Outcome, attempt_run
+from .attempt import AttemptObserver, Outcome, RecipientGate, attempt_run
 from .errors import StoreUnavailable
 from .scheduler import schedule_pass
 from .sigsafe import SignalSafeEvent
@@ -57,6 +64,15 @@ class LocalArchiver:
             max_workers=self.config.concurrency, thread_name_prefix="archive"
         )
 
+    @cached_property
+    def gate(self) -> RecipientGate:
+        """Closed while the recipient key is unusable: no new runs are claimed."""
+        return RecipientGate(
+            self.runtime.recipient,  # type: ignore[arg-type]
+            gnupg_home=self.config.gnupg_home,
+            recheck_seconds=self.config.scan_interval,
+        )
+
     # -- control (called from signal handlers: set lock-free events, nothing else) -----
 
     def stop(self) -> None:
@@ -87,9 +103,15 @@ class LocalArchiver:
                     break
                 self._wakeup.wait(1.0 if once else self.config.scan_interval)
                 self._wakeup.clear()
-            self._drain()
+        except BaseException as error:
+            log.error("stopping after %s: %s", type(error).__name__, error)
+            self.stop()  # take nothing new; a second Ctrl+C must still cancel
+            raise
         finally:
-            self._pool.shutdown(wait=True)
+            try:
+                self._drain()
+            finally:
+                self._pool.shutdown(wait=True)
         return all(
             outcome in (Outcome.ENCRYPTED, Outcome.SKIPPED) for outcome in self.outcomes.values()
         )
@@ -102,6 +124,8 @@ class LocalArchiver:
         except StoreUnavailable as error:
             log.error("store unreachable, retrying next pass: %s", error)
             return
+        if pending and not self.gate.is_open():
+            return  # logged by the gate, once
         for doc in pending:
             run_id = doc["_id"]
             with self._lock:
@@ -122,8 +146,10 @@ class LocalArchiver:
             worker_id=self.runtime.worker_id,
             settings=self.runtime.settings,
             recipient=self.runtime.recipient,  # type: ignore[arg-type]
+            sequencing_path=self.config.sequencing_path,
             cancel=cancel,
             observers=self.observers,
+            gate=self.gate,
         )
         self.active[run_id] = _Active(future, cancel)
         self._started += 1

@@ -11,7 +11,7 @@ The stores apply these functions inside a compare-and-swap loop; nothing here do
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,12 @@ STATUSES = (PENDING, PROCESSING, ENCRYPTED, FAILED)
 ATTEMPTS_KEPT = 10
 #: Longest ``last_error`` kept, so one pathological error can't bloat the document.
 ERROR_CHARS = 2000
+#: How long a ``processing`` document written by the original tool (no lease) counts
+#: as held after its ``updated_at``: a live original worker may be archiving it.
+DEFAULT_LEGACY_LEASE_SECONDS = 86400.0
+#: Fields every claim dfarchive makes writes (and keeps); the original tool's
+#: ``processing`` documents have none of them.
+CLAIM_FIELDS = ("claim_token", "lease_expires_at")
 
 RunDocument = dict[str, Any]
 
@@ -73,12 +79,66 @@ def failure_count(doc: Mapping[str, Any]) -> int:
         return 0
 
 
-def lease_expired(doc: Mapping[str, Any], now: datetime) -> bool:
+def legacy_claim(doc: Mapping[str, Any]) -> bool:
+    """A ``processing`` document the original tool wrote: none of dfarchive's claim fields."""
+    return doc.get("status") == PROCESSING and not any(key in doc for key in CLAIM_FIELDS)
+
+
+def lease_end(
+    doc: Mapping[str, Any], legacy_lease_seconds: float = DEFAULT_LEGACY_LEASE_SECONDS
+) -> datetime | None:
+    """When a processing run's claim runs out; None if the document does not say.
+
+    A claim of the original tool has no lease: it is held until ``updated_at`` +
+    ``legacy_lease_seconds``.
+    """
+    if not legacy_claim(doc):
+        return parse_timestamp(doc.get("lease_expires_at"))
+    updated = parse_timestamp(doc.get("updated_at"))
+    return None if updated is None else updated + timedelta(seconds=legacy_lease_seconds)
+
+
+def lease_expired(
+    doc: Mapping[str, Any],
+    now: datetime,
+    legacy_lease_seconds: float = DEFAULT_LEGACY_LEASE_SECONDS,
+) -> bool:
     """True when a processing run's lease has run out (or it never had a readable one)."""
     if doc.get("status") != PROCESSING:
         return False
-    expires = parse_timestamp(doc.get("lease_expires_at"))
+    expires = lease_end(doc, legacy_lease_seconds)
     return expires is None or expires <= now
+
+
+def legacy_held(
+    docs: Iterable[Mapping[str, Any]], *, now: datetime, legacy_lease_seconds: float
+) -> list[RunDocument]:
+    """The documents held by the original tool whose lease has not run out yet."""
+    return [
+        dict(doc)
+        for doc in docs
+        if legacy_claim(doc) and not lease_expired(doc, now, legacy_lease_seconds)
+    ]
+
+
+def legacy_hold_message(
+    doc: Mapping[str, Any], *, now: datetime, legacy_lease_seconds: float
+) -> str:
+    """One line for the log: who holds the run, for how long, how to take it over."""
+    updated = parse_timestamp(doc.get("updated_at"))
+    age = "?" if updated is None else str(now - updated).split(".")[0]
+    until = lease_end(doc, legacy_lease_seconds)
+    return (
+        f"[{doc.get('_id')}] processing by the original tool on host {doc.get('worker_id')} "
+        f"(last updated {age} ago); left alone until {until and timestamp(until)} "
+        f"(legacy_lease_seconds). To take it over now: stop the original worker on "
+        f"{doc.get('worker_id')}, then run: dfarchive release {doc.get('_id')}"
+    )
+
+
+def holder(doc: Mapping[str, Any]) -> Any:
+    """Who holds (or held) the claim: the process if known, else the host."""
+    return doc.get("claimed_by") or doc.get("worker_id")
 
 
 def _touch(doc: Mapping[str, Any], now: datetime, **changes: Any) -> RunDocument:
@@ -98,7 +158,7 @@ def _require_claim(doc: Mapping[str, Any], token: str) -> None:
     if not _holds(doc, token):
         raise ClaimLost(
             f"run {doc.get('_id')!r} is no longer held by this worker "
-            f"(now {doc.get('status')!r}, worker {doc.get('worker_id')})"
+            f"(now {doc.get('status')!r}, worker {holder(doc)})"
         )
 
 
@@ -108,6 +168,7 @@ def _with_attempt(
     """The bounded attempt history, ending with the current holder's attempt."""
     attempt = {
         "worker_id": doc.get("worker_id"),
+        "claimed_by": doc.get("claimed_by"),
         "started_at": doc.get("claimed_at"),
         "ended_at": timestamp(now),
         "outcome": outcome,
@@ -120,19 +181,28 @@ def _with_attempt(
 
 
 def claim(
-    doc: Mapping[str, Any], *, worker_id: str, token: str, now: datetime, lease_seconds: float
+    doc: Mapping[str, Any],
+    *,
+    worker_id: str,
+    token: str,
+    now: datetime,
+    lease_seconds: float,
+    claimed_by: str | None = None,
 ) -> RunDocument:
     """pending → processing, held by ``worker_id`` under the unique ``token``.
 
-    A document already claimed with this token is returned unchanged: a claim whose
-    reply was lost and that came back as a conflict is recognised as ours.
+    ``worker_id`` is the host, as in the original tool's schema (its start-up reset
+    compares it with the host name); ``claimed_by`` says which process and thread
+    (default: ``worker_id``). A document already claimed with this token is returned
+    unchanged: a claim whose reply was lost and that came back as a conflict is
+    recognised as ours.
     """
     if _holds(doc, token):
         return doc  # type: ignore[return-value]
     if doc.get("status") != PENDING:
         raise NotClaimable(
             f"run {doc.get('_id')!r} is {doc.get('status')!r}"
-            + (f" (held by {doc.get('worker_id')})" if doc.get("status") == PROCESSING else "")
+            + (f" (held by {holder(doc)})" if doc.get("status") == PROCESSING else "")
         )
     stamp = timestamp(now)
     return _touch(
@@ -140,6 +210,7 @@ def claim(
         now,
         status=PROCESSING,
         worker_id=worker_id,
+        claimed_by=claimed_by or worker_id,
         claim_token=token,
         claimed_at=stamp,
         heartbeat_at=stamp,
@@ -208,6 +279,15 @@ def fail(
     return _count_failure(doc, now=now, error=error, max_attempts=max_attempts)
 
 
+def fail_for_good(doc: Mapping[str, Any], *, token: str, now: datetime, error: str) -> RunDocument:
+    """processing → failed whatever ``failure_count`` says: retrying can't help (a
+    document naming a folder it must not archive); an operator has to look."""
+    if _ended_by(doc, token, FAILED):
+        return doc  # type: ignore[return-value]
+    _require_claim(doc, token)
+    return _count_failure(doc, now=now, error=error, max_attempts=1)
+
+
 def _count_failure(
     doc: Mapping[str, Any], *, now: datetime, error: str, max_attempts: int
 ) -> RunDocument:
@@ -237,16 +317,30 @@ def release(
     return _end_claim(doc, now, status=PENDING, attempts=attempts, **changes)
 
 
-def reclaim_expired(doc: Mapping[str, Any], *, now: datetime, max_attempts: int) -> RunDocument:
+def reclaim_expired(
+    doc: Mapping[str, Any],
+    *,
+    now: datetime,
+    max_attempts: int,
+    legacy_lease_seconds: float = DEFAULT_LEGACY_LEASE_SECONDS,
+) -> RunDocument:
     """An expired lease (worker died, host lost) → pending, counted as a failure."""
-    if not lease_expired(doc, now):
+    if not lease_expired(doc, now, legacy_lease_seconds):
         raise TransitionRefused(f"run {doc.get('_id')!r} has no expired lease")
-    holder = doc.get("worker_id")
+    if legacy_claim(doc):
+        error = (
+            f"lease expired: the original tool on {doc.get('worker_id')} held it with no "
+            f"lease, last updated {doc.get('updated_at')} (legacy_lease_seconds passed)"
+        )
+    else:
+        error = (
+            f"lease expired: worker {holder(doc)} stopped renewing its claim "
+            f"(last heartbeat {doc.get('heartbeat_at')})"
+        )
     return _count_failure(
         {**doc, "claim_token": None},  # the dead holder's late writes must not match
         now=now,
-        error=f"lease expired: worker {holder} stopped renewing its claim "
-        f"(last heartbeat {doc.get('heartbeat_at')})",
+        error=error,
         max_attempts=max_attempts,
     )
 
@@ -265,7 +359,7 @@ def force_release(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
             "released"
         )
     reason = (
-        f"released by an operator from worker {doc.get('worker_id')} "
+        f"released by an operator from worker {holder(doc)} "
         f"(lease to {doc.get('lease_expires_at')})"
     )
     return _end_claim(

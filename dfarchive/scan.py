@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
+from .publish import PARTIAL_SUFFIX
 from .store.base import NewRun
 
 
@@ -28,16 +30,57 @@ class ScanResult:
     skipped: list[SkippedFolder] = field(default_factory=list)
 
 
-def run_id_problem(name: str) -> str | None:
-    """Why a folder name can't be a run document id, or None if it can."""
+#: Longest run id, in bytes: ``<id>.tar.gpg.partial`` and ``<id>.key.gpg.partial``
+#: must fit in a file name (255 bytes on every common filesystem).
+MAX_RUN_ID_BYTES = 255 - len(max(ARCHIVE_SUFFIX, KEY_SUFFIX, key=len) + PARTIAL_SUFFIX)
+
+
+def run_id_problem(name: object) -> str | None:
+    """Why ``name`` can't be a run id, or None if it can.
+
+    A run id becomes a document id and an output file name: it must be one safe file
+    name component. The scanner skips folders with such names; an attempt refuses a
+    stored document with one.
+    """
+    if not isinstance(name, str) or not name:
+        return f"a run id must be a non-empty string (found {name!r})"
+    if name in (".", ".."):
+        return f"{name!r} is not a folder name"
+    if "/" in name:
+        return "the name contains '/'"
     if name.startswith("_"):
         return "names starting with '_' are reserved by CouchDB"
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         return "the name is not valid UTF-8"
-    if any(ord(c) < 32 for c in name):
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "the name contains control characters"
+    if size > MAX_RUN_ID_BYTES:
+        return (
+            f"the name is {size} bytes long; at most {MAX_RUN_ID_BYTES} fit in the output "
+            f"file names (<run>{ARCHIVE_SUFFIX}{PARTIAL_SUFFIX})"
+        )
+    return None
+
+
+def run_path_problem(stored: object, run_id: str, sequencing_path: Path) -> str | None:
+    """Why a run document's ``path`` is not run ``run_id``'s folder, or None if it is.
+
+    It must be, once normalised, ``sequencing_path/<sequencer>/<run_id>``, as the
+    scanner registers it. Symbolic links are not resolved: a sequencer folder may be
+    a link (the scanner follows those); the run folder itself is checked before tar.
+    """
+    if not isinstance(stored, str) or not stored:
+        return f"the run document has no usable 'path' (found {stored!r})"
+    if "\0" in stored or not os.path.isabs(stored):
+        return f"the run document's path {stored!r} is not an absolute path"
+    sequencer, name = os.path.split(os.path.normpath(stored))
+    if name != run_id or os.path.dirname(sequencer) != os.path.normpath(sequencing_path):
+        return (
+            f"the run document's path {stored!r} is not this run's folder "
+            f"{os.path.join(sequencing_path, '<sequencer>', run_id)!r}"
+        )
     return None
 
 

@@ -61,9 +61,17 @@ def schedule_pass(
         report.registered = register_found(store, scanned.runs, worker_id=worker_id)
         for run_id in report.registered:
             log.info("[%s] registered as pending", run_id)
-    report.reclaimed = store.reclaim_expired()
+    sweep = store.sweep_leases()
+    report.reclaimed = sweep.reclaimed
     for run_id in report.reclaimed:
         log.warning("[%s] lease expired; put back to pending", run_id)
+    for doc in sweep.legacy_held:
+        log.warning(
+            "%s",
+            runstate.legacy_hold_message(
+                doc, now=store.clock(), legacy_lease_seconds=store.legacy_lease_seconds
+            ),
+        )
     if enqueue is not None:
         report.enqueued = enqueue_due(store, enqueue, window)
     return report

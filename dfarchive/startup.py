@@ -34,9 +34,15 @@ class Runtime:
     worker_id: str
 
 
+#: Names this host in run documents instead of its host name (tests, containers).
+WORKER_ID_ENV = "DFARCHIVE_WORKER_ID"
+
+
 def worker_id() -> str:
-    """``hostname:pid``: unique per worker process, readable in the run documents."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The run documents' ``worker_id``: the host name, as the original tool writes it
+    (its start-up reset compares it with the host name), or ``$DFARCHIVE_WORKER_ID``.
+    Which process and thread holds a claim is recorded beside it (``claimed_by``)."""
+    return os.environ.get(WORKER_ID_ENV) or socket.gethostname()
 
 
 def check_tools() -> None:

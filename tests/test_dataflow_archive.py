@@ -126,7 +126,8 @@ def test_once_exits_1_when_a_run_fails(tmp_path, gnupg_home):
     sparse_run(tmp_path, "run_ok", 1 << 16)
     with SqliteStore(tmp_path / "runs.sqlite3") as store:  # registered, then deleted
         store.setup()
-        store.register_many([NewRun("run_gone", str(tmp_path / "gone"), "seqA")], worker_id="s")
+        gone = tmp_path / "seq" / "seqA" / "run_gone"
+        store.register_many([NewRun("run_gone", str(gone), "seqA")], worker_id="s")
     result = subprocess.run(
         [str(BIN / "dataflow_archive"), "-c", str(config), "--once"],
         capture_output=True,
@@ -262,3 +263,65 @@ def test_second_ctrl_c_while_scheduling_exits_130_at_once(tmp_path, gnupg_home, 
         proc.kill()
     assert proc.returncode == 130, output
     assert "Traceback" not in output
+
+
+def test_a_store_error_that_ends_the_loop_still_lets_a_second_ctrl_c_cancel(
+    tmp_path, gnupg_home, monkeypatch
+):
+    """A store error that is not transient ends the loop; it used to skip the shutdown
+    step, so a second Ctrl+C no longer cancelled the runs in progress."""
+    import threading
+
+    from dfarchive import localrun
+    from dfarchive.attempt import Outcome
+    from dfarchive.config import load_config
+    from dfarchive.errors import StoreError
+    from dfarchive.startup import prepare
+
+    sparse_run(tmp_path, "run_a", 1 << 16)
+    runtime = prepare(load_config(make_config(tmp_path, gnupg_home, scan_interval=0.1)))
+    started, broken, cancelled = threading.Event(), threading.Event(), threading.Event()
+
+    def long_attempt(store, run_id, *, cancel, **kwargs):  # hours of work, until cancelled
+        started.set()
+        if cancel.wait(60):
+            cancelled.set()
+            return Outcome.RELEASED
+        return Outcome.ENCRYPTED
+
+    real_runs = runtime.store.runs
+
+    def runs(status=None):
+        if started.is_set():
+            broken.set()
+            raise StoreError("SQLite store: database disk image is malformed")
+        return real_runs(status)
+
+    monkeypatch.setattr(localrun, "attempt_run", long_attempt)
+    monkeypatch.setattr(runtime.store, "runs", runs)
+    archiver = localrun.LocalArchiver(runtime)
+    raised: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            archiver.run()
+        except BaseException as error:  # checked below
+            raised.append(error)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30) and broken.wait(30)
+        assert archiver.stopping.wait(10)  # the error stops it like a first Ctrl+C
+        archiver.stop_now()  # the second Ctrl+C
+        thread.join(15)
+        assert not thread.is_alive(), "the second Ctrl+C did not cancel the run in progress"
+        assert cancelled.is_set()
+        assert [str(error) for error in raised] == [
+            "SQLite store: database disk image is malformed"
+        ]
+    finally:
+        for active in list(archiver.active.values()):
+            active.cancel.set()
+        thread.join(70)
+        runtime.store.close()

@@ -415,7 +415,12 @@ def test_attempt_archives_and_marks_encrypted(store, outputs, recipient, run_fol
     run = run_folder(small_files=20, big_files=1)
     store.register_many([NewRun(run.path.name, str(run.path), "seqA")], worker_id="scanner:1")
     outcome = attempt_run(
-        store, run.path.name, worker_id="host:1", settings=outputs, recipient=recipient
+        store,
+        run.path.name,
+        worker_id="host:1",
+        settings=outputs,
+        recipient=recipient,
+        sequencing_path=run.path.parent.parent,
     )
     assert outcome is Outcome.ENCRYPTED
     doc = store.get(run.path.name)
@@ -424,7 +429,12 @@ def test_attempt_archives_and_marks_encrypted(store, outputs, recipient, run_fol
     assert doc["failure_count"] == 0
     # a duplicate message for the same run is harmless
     again = attempt_run(
-        store, run.path.name, worker_id="host:2", settings=outputs, recipient=recipient
+        store,
+        run.path.name,
+        worker_id="host:2",
+        settings=outputs,
+        recipient=recipient,
+        sequencing_path=run.path.parent.parent,
     )
     assert again is Outcome.SKIPPED
     assert store.get(run.path.name)["_rev"] == doc["_rev"]
@@ -432,7 +442,14 @@ def test_attempt_archives_and_marks_encrypted(store, outputs, recipient, run_fol
 
 def test_attempt_on_a_vanished_folder_counts_a_failure(store, outputs, recipient, tmp_path):
     store.register_many([NewRun("run_gone", str(tmp_path / "run_gone"), "seqA")], worker_id="s")
-    outcome = attempt_run(store, "run_gone", worker_id="h:1", settings=outputs, recipient=recipient)
+    outcome = attempt_run(
+        store,
+        "run_gone",
+        worker_id="h:1",
+        settings=outputs,
+        recipient=recipient,
+        sequencing_path=tmp_path.parent,
+    )
     assert outcome is Outcome.FAILED
     doc = store.get("run_gone")
     assert doc["status"] == "pending" and doc["failure_count"] == 1

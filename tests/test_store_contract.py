@@ -386,3 +386,75 @@ def test_unmark_enqueued_many_makes_runs_due_again_unless_changed_since(store, c
     assert [doc["_id"] for doc in store.due_for_enqueue(600)] == ["run_001"]
     assert store.get("run_002")["status"] == "processing"  # the claim is left alone
     assert store.unmark_enqueued_many([]) == []
+
+
+# -- the original tool's live claims (legacy_lease_seconds) -----------------------------
+# (a section of its own: the enqueue tests above belong to another change)
+
+
+def legacy_claim(store: RunStore, run_id: str, host: str, updated_at: datetime) -> None:
+    """Make ``run_id`` processing as the original tool writes it: no claim fields."""
+    doc = store.get(run_id)
+    kept = {key: doc[key] for key in (*ORIGINAL_FIELDS, "_rev")}
+    kept.update(status="processing", worker_id=host, updated_at=runstate.timestamp(updated_at))
+    assert store._replace(kept) is not None
+
+
+def test_a_legacy_claim_is_held_until_updated_at_plus_legacy_lease(make_store, clock):
+    store = make_store(lease_seconds=60, legacy_lease_seconds=3600, clock=clock)
+    register(store, "run_001", "run_002")
+    legacy_claim(store, "run_001", "seq-host-1", clock.now - timedelta(seconds=600))
+    clock.advance(2999)  # 3599 s after its updated_at
+    sweep = store.sweep_leases()
+    assert sweep.reclaimed == [] and [d["_id"] for d in sweep.legacy_held] == ["run_001"]
+    assert store.claim("run_001", worker_id="w") is None  # never taken while held
+    clock.advance(1)
+    sweep = store.sweep_leases()
+    assert (sweep.reclaimed, sweep.legacy_held) == (["run_001"], [])
+    doc = store.get("run_001")
+    assert (doc["status"], doc["failure_count"]) == ("pending", 1)
+    assert doc["last_error"] == (
+        "lease expired: the original tool on seq-host-1 held it with no lease, last "
+        "updated 2026-11-24T11:50:00+00:00 (legacy_lease_seconds passed)"
+    )
+    claim = store.claim("run_001", worker_id="w")  # now dfarchive's: an ordinary claim
+    assert claim is not None and not runstate.legacy_claim(store.get("run_001"))
+
+
+def test_the_legacy_lease_defaults_to_a_day(make_store, clock):
+    store = make_store(clock=clock)
+    register(store, "run_001")
+    legacy_claim(store, "run_001", "seq-host-1", clock.now)
+    clock.advance(86399)
+    assert store.reclaim_expired() == []
+    clock.advance(1)
+    assert store.reclaim_expired() == ["run_001"]
+
+
+def test_a_dfarchive_claim_with_a_broken_lease_is_not_legacy(make_store, clock):
+    store = make_store(clock=clock)
+    register(store, "run_001")
+    store.claim("run_001", worker_id="w")
+    doc = store.get("run_001")
+    store._replace({**doc, "lease_expires_at": None})  # claim fields there, lease unreadable
+    assert store.reclaim_expired() == ["run_001"]
+
+
+def test_the_legacy_hold_message_says_who_how_long_and_how_to_take_over(clock):
+    doc = {"_id": "run_9", "status": "processing", "worker_id": "seq-host-1",
+           "updated_at": "2026-11-24T10:30:00+00:00"}  # fmt: skip
+    assert runstate.legacy_held([doc], now=clock.now, legacy_lease_seconds=86400) == [doc]
+    assert runstate.legacy_hold_message(doc, now=clock.now, legacy_lease_seconds=86400) == (
+        "[run_9] processing by the original tool on host seq-host-1 (last updated 1:30:00 "
+        "ago); left alone until 2026-11-25T10:30:00+00:00 (legacy_lease_seconds). To take "
+        "it over now: stop the original worker on seq-host-1, then run: dfarchive release run_9"
+    )
+
+
+def test_claims_write_the_host_as_worker_id_and_the_process_beside_it(store, clock):
+    register(store, "run_001")
+    store.claim("run_001", worker_id="host-a", claimed_by="host-a:4711:4712")
+    doc = store.get("run_001")
+    assert (doc["worker_id"], doc["claimed_by"]) == ("host-a", "host-a:4711:4712")
+    for field in ("created_at", "updated_at", "claimed_at", "heartbeat_at", "lease_expires_at"):
+        assert doc[field].endswith("+00:00"), field

@@ -204,7 +204,8 @@ def test_two_hosts_archive_twelve_runs_exactly_once(deployment):
     for run_id, doc in docs.items():
         assert doc["failure_count"] == 0
         assert [a["outcome"] for a in doc["attempts"]] == ["encrypted"], run_id
-        hosts.add(doc["worker_id"].split(":")[0])
+        hosts.add(doc["worker_id"])  # the host name alone, as in the original schema
+        assert doc["claimed_by"].startswith(f"{doc['worker_id']}:"), doc["claimed_by"]
         assert Path(doc["archive"]["file"]).stat().st_size == doc["archive"]["size"]
         assert Path(doc["archive"]["key_file"]).is_file()
     assert hosts == {"hostA", "hostB"}
@@ -231,13 +232,14 @@ def test_killed_worker_run_is_reclaimed_and_archived_by_the_other(deployment):
         ),
         "run_big in progress on hostA",
     )
-    assert docs["run_big"]["worker_id"].startswith("hostA:")
+    assert docs["run_big"]["worker_id"] == "hostA"
+    assert docs["run_big"]["claimed_by"].startswith("hostA:")
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     d.worker("hostB", threads=1)
     docs = d.wait_for(all_encrypted(1), "run_big encrypted by hostB", timeout=240)
     doc = docs["run_big"]
-    assert doc["worker_id"].startswith("hostB:")
+    assert doc["worker_id"] == "hostB"
     assert doc["failure_count"] == 1
     assert "lease expired" in doc["attempts"][0]["error"]
     assert d.partials() == []
@@ -431,3 +433,42 @@ def test_queue_depth_shows_the_backlog_as_ready(deployment):
             break
         time.sleep(0.5)  # the management API refreshes its counters every few seconds
     assert (ready, unacked) == (4, 1), json.dumps(queue)[:500]
+
+
+def test_a_worker_whose_recipient_became_unusable_claims_nothing(deployment):
+    """The recipient's key removed after the worker started: the run it claimed goes back
+    to pending uncounted, one CRITICAL line, and later messages are dropped unclaimed
+    (the scheduler sends them again after its re-enqueue window)."""
+    d = deployment()
+    d.worker("hostA", threads=1)
+    log = d.tmp / "worker-hostA.log"
+    wait_for_text(log, "ready")
+    home = d.gnupg_home
+    home.gpg("--yes", "--delete-secret-and-public-key", home.fingerprint)
+    d.run_folder("run_a")
+    d.run_folder("run_b")
+    d.scheduler()
+    docs = d.wait_for(
+        lambda docs: any(doc.get("last_error") for doc in docs.values()), "a run released"
+    )
+    released = next(doc for doc in docs.values() if doc.get("last_error"))
+    other = "run_b" if released["_id"] == "run_a" else "run_a"
+    wait_for_text(log, f"[{other}] not taken: the GPG recipient is unusable")
+    docs = d.docs()
+    assert (released["status"], released["failure_count"]) == ("pending", 0)
+    assert "the GPG recipient is unusable" in released["last_error"]
+    assert "no public key found" in released["last_error"]
+    assert docs[other]["status"] == "pending" and "claim_token" not in docs[other]
+    assert docs[other]["enqueued_at"] is not None  # sent again once the window has passed
+    text = log.read_text()
+    assert text.count("CRITICAL") == 1, text
+    assert message_count(d.amqp_url, d.queue + ".XQ") == 0
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)  # polling the log file with a deadline
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text()[-3000:]}")

@@ -11,7 +11,11 @@ __all__ = ["Claim", "NewRun", "RunStore", "SqliteStore", "open_store"]
 
 def open_store(config: Config) -> RunStore:
     """The store the config names (not yet set up: call ``setup()`` once at start-up)."""
-    options = {"max_attempts": config.max_attempts, "lease_seconds": config.lease_seconds}
+    options = {
+        "max_attempts": config.max_attempts,
+        "lease_seconds": config.lease_seconds,
+        "legacy_lease_seconds": config.legacy_lease_seconds,
+    }
     if config.couchdb is not None:
         from .couchdb import CouchStore
 

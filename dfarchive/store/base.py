@@ -14,7 +14,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,14 @@ class Changes:
     ids: frozenset[str] | None
 
 
+@dataclass
+class LeaseSweep:
+    """What :meth:`RunStore.sweep_leases` did and saw."""
+
+    reclaimed: list[str] = field(default_factory=list)  # ids put back to pending
+    legacy_held: list[RunDocument] = field(default_factory=list)  # original tool's, live
+
+
 @dataclass(frozen=True)
 class Claim:
     """Proof that this worker holds a run; every later transition presents it."""
@@ -71,16 +79,24 @@ class RunStore(ABC):
     Parameters:
       max_attempts: failures after which a run becomes ``failed``.
       lease_seconds: a claim expires this long after its last heartbeat.
+      legacy_lease_seconds: a claim of the original tool (no lease) expires this long
+        after its ``updated_at``.
       clock: returns the current time (UTC); injectable for tests.
     """
 
     backend = "abstract"
 
     def __init__(
-        self, *, max_attempts: int = 3, lease_seconds: float = 300, clock: Clock = utc_now
+        self,
+        *,
+        max_attempts: int = 3,
+        lease_seconds: float = 300,
+        legacy_lease_seconds: float = runstate.DEFAULT_LEGACY_LEASE_SECONDS,
+        clock: Clock = utc_now,
     ) -> None:
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
+        self.legacy_lease_seconds = legacy_lease_seconds
         self.clock = clock
 
     # -- backend primitives -------------------------------------------------------
@@ -171,11 +187,13 @@ class RunStore(ABC):
         ]
         return self._insert_missing(docs) if docs else []
 
-    def claim(self, run_id: str, *, worker_id: str) -> Claim | None:
+    def claim(self, run_id: str, *, worker_id: str, claimed_by: str | None = None) -> Claim | None:
         """Take a pending run. Exactly one of several concurrent callers wins.
 
-        Returns the claim, or None if the run is not pending (another worker holds it,
-        it is done, or it has failed). Raises UnknownRun if there is no such run.
+        ``worker_id`` is the host name (the original schema's meaning), ``claimed_by``
+        the process and thread (see :func:`runstate.claim`). Returns the claim, or None
+        if the run is not pending (another worker holds it, it is done, or it has
+        failed). Raises UnknownRun if there is no such run.
         """
         token = uuid.uuid4().hex
         try:
@@ -187,6 +205,7 @@ class RunStore(ABC):
                     token=token,
                     now=self.clock(),
                     lease_seconds=self.lease_seconds,
+                    claimed_by=claimed_by,
                 ),
             )
         except NotClaimable:
@@ -230,6 +249,15 @@ class RunStore(ABC):
             ),
         )
 
+    def fail_for_good(self, claim: Claim, error: str) -> RunDocument:
+        """processing → failed at once, whatever ``failure_count`` says."""
+        return self._update(
+            claim.run_id,
+            lambda doc: runstate.fail_for_good(
+                doc, token=claim.token, now=self.clock(), error=error
+            ),
+        )
+
     def release(self, claim: Claim, reason: str, *, error: bool = False) -> RunDocument:
         """Back to pending, not counted (shutdown, cancellation, no space); with
         ``error`` the reason is recorded as ``last_error``."""
@@ -242,22 +270,35 @@ class RunStore(ABC):
 
     def reclaim_expired(self) -> list[str]:
         """Put runs whose lease ran out back to pending (counted). Returns their ids."""
-        reclaimed = []
+        return self.sweep_leases().reclaimed
+
+    def sweep_leases(self) -> LeaseSweep:
+        """:meth:`reclaim_expired`, also returning the original tool's live claims."""
+        sweep = LeaseSweep()
         now = self.clock()
-        for doc in self.runs(runstate.PROCESSING):
-            if not runstate.lease_expired(doc, now):
+        processing = self.runs(runstate.PROCESSING)
+        sweep.legacy_held.extend(
+            runstate.legacy_held(
+                processing, now=now, legacy_lease_seconds=self.legacy_lease_seconds
+            )
+        )
+        for doc in processing:
+            if not runstate.lease_expired(doc, now, self.legacy_lease_seconds):
                 continue
             try:
                 self._update(
                     doc["_id"],
                     lambda d: runstate.reclaim_expired(
-                        d, now=self.clock(), max_attempts=self.max_attempts
+                        d,
+                        now=self.clock(),
+                        max_attempts=self.max_attempts,
+                        legacy_lease_seconds=self.legacy_lease_seconds,
                     ),
                 )
             except (TransitionRefused, UnknownRun):
                 continue  # renewed or reclaimed by someone else in between
-            reclaimed.append(doc["_id"])
-        return reclaimed
+            sweep.reclaimed.append(doc["_id"])
+        return sweep
 
     def retry(self, run_id: str) -> RunDocument:
         """Operator action: failed → pending with the count reset."""

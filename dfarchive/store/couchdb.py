@@ -528,7 +528,8 @@ def _is_run(doc: Any) -> bool:
 
 
 def _storable_id(run_id: str) -> bool:
-    return bool(run_id) and not run_id.startswith("_")
+    # "." and ".." can't be addressed in a URL path: clients resolve them as segments
+    return bool(run_id) and not run_id.startswith("_") and run_id not in (".", "..")
 
 
 def _storable(docs: list[RunDocument]) -> list[RunDocument]:

@@ -71,7 +71,12 @@ def archive_once(base: Path, run: Path, keyring: GnupgHome, store_dir: Path) -> 
         store.setup()
         store.register_many([NewRun(run.name, str(run), "seqA")], worker_id="scanner:1")
         outcome = attempt_run(
-            store, run.name, worker_id="worker:1", settings=settings, recipient=recipient
+            store,
+            run.name,
+            worker_id="worker:1",
+            settings=settings,
+            recipient=recipient,
+            sequencing_path=run.parent.parent,
         )
         doc = store.get(run.name)
     assert outcome is Outcome.ENCRYPTED, doc and doc.get("last_error")

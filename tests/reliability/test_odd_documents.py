@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class Backend:
 
 @pytest.fixture(params=["sqlite", "couchdb"])
 def backend(request, tmp_path: Path, keyring: GnupgHome) -> Iterator[Backend]:
-    ws = Workspace(tmp_path, keyring)
+    ws = Workspace(tmp_path / "site" / "facility", keyring)  # room above it to escape to
     if request.param == "sqlite":
         config = ws.config()
         env = ws.env()
@@ -83,11 +84,10 @@ def backend(request, tmp_path: Path, keyring: GnupgHome) -> Iterator[Backend]:
     env = ws.env(**{PASSWORD_ENV: server.password})
     assert ws.run("dfarchive", "init", "-c", str(config), env=env).returncode == 0
 
-    def put(doc: dict[str, Any]) -> None:  # as Fauxton would
-        from urllib.parse import quote
-
-        response = server.request("PUT", f"/{database}/{quote(doc['_id'], safe='')}", json=doc)
+    def put(doc: dict[str, Any]) -> None:  # raw HTTP, as any client could (even "..")
+        response = server.request("POST", f"/{database}/_bulk_docs", json={"docs": [doc]})
         assert response.status_code == 201, response.text
+        assert response.json()[0].get("ok"), response.text
 
     yield Backend("couchdb", ws, config, env, put)
 
@@ -172,14 +172,17 @@ def test_odd_documents_are_handled_reported_and_never_crash(
     lease = docs["odd_no_lease"]
     assert (lease["status"], lease["failure_count"]) == ("encrypted", 1)
     assert "lease expired" in lease["attempts"][0]["error"]
-    counted = {"odd_count_word": "does not exist", "odd_relative_path": "not an absolute path"}
+    doc = docs["odd_count_word"]
+    assert (doc["status"], doc["failure_count"]) == ("pending", 2), doc  # once per run
+    assert "does not exist" in doc["last_error"]
+    refused = {"odd_relative_path": "path 'seqA/odd_relative_path' is not an absolute path"}
     if backend.name == "sqlite":
-        counted["odd_no_path"] = "no usable 'path'"
+        refused["odd_no_path"] = "no usable 'path'"
         assert docs["odd_bad_json"]["status"] == "unreadable"  # never overwritten
-    for run_id, reason in counted.items():
+    for run_id, reason in refused.items():  # failed at once: retrying can't help
         doc = docs[run_id]
-        assert (doc["status"], doc["failure_count"]) == ("pending", 2), doc  # once per run
-        assert reason in doc["last_error"]
+        assert (doc["status"], doc["failure_count"]) == ("failed", 1), doc
+        assert doc["last_error"].startswith("refused: ") and reason in doc["last_error"]
     assert backend.ws.partials() == []
 
     # the operator's view of it all
@@ -231,3 +234,122 @@ def test_many_runs_skipped_at_once_do_not_hang_the_loop(
     runtime.store.close()
     assert result == [True]
     assert len(archiver.outcomes) == 300
+
+
+# -- hostile documents: nothing read from the store is trusted as a file name ------------
+
+
+def folder_with_sentinel(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "SECRET.txt").write_text("not to be archived\n")
+    (path / ".metadata_rsync_exitcode").write_text("0\n")
+    return path
+
+
+def files_under(root: Path) -> set[Path]:
+    return {Path(d) / name for d, _, names in os.walk(root) for name in names}
+
+
+def test_hostile_documents_fail_at_once_and_nothing_is_written_outside(
+    backend: Backend, tmp_path: Path
+) -> None:
+    ws = backend.ws
+    elsewhere = tmp_path / "elsewhere"
+    long_id = "r" * 250  # <id>.tar.gpg.partial would not fit in a file name
+    real = ws.make_run("seqA", "run_real")
+    folder_with_sentinel(ws.seq / "seqA" / long_id)  # the scanner reports it too
+    folder_with_sentinel(ws.base / "x")
+    hostile = {  # id → (path, the reason last_error gives)
+        "../../ESCAPED": (folder_with_sentinel(elsewhere / "ESCAPED"), "contains '/'"),
+        "..": (elsewhere / "ESCAPED", "'..' is not a folder name"),
+        ".": (elsewhere / "ESCAPED", "'.' is not a folder name"),
+        "nul\x00id": (elsewhere / "ESCAPED", "control characters"),
+        "esc\x1b[31mred": (elsewhere / "ESCAPED", "control characters"),
+        long_id: (ws.seq / "seqA" / long_id, "250 bytes long; at most 239"),
+        "run_elsewhere": (folder_with_sentinel(elsewhere / "run_elsewhere"), "not this run's"),
+        "x": (f"{ws.seq}/seqA/../../x", "not this run's folder"),
+        "run_alias": (real, f"'{real}' is not this run's folder"),
+    }
+    for run_id, (path, _) in hostile.items():
+        backend.put({**ORIGINAL, "_id": run_id, "path": str(path), "status": "pending",
+                     "failure_count": 0, "updated_at": ORIGINAL["created_at"]})  # fmt: skip
+    before = files_under(tmp_path)
+    result = backend.run("--once")
+    assert result.returncode == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"not registering '{ws.seq / 'seqA' / long_id}'" in result.output
+    docs = backend.docs()
+    assert docs["run_real"]["status"] == "encrypted"  # the real run is archived as usual
+    unaddressable = {".", ".."} if backend.name == "couchdb" else set()  # URL dot segments
+    for run_id, (_, reason) in hostile.items():
+        if run_id in unaddressable:
+            assert docs[run_id]["status"] == "pending" and "claim_token" not in docs[run_id]
+            assert f"[{run_id!r}] refused: {reason}; the store can't update it" in result.output
+            continue
+        doc = docs[run_id]
+        assert (doc["status"], doc["failure_count"]) == ("failed", 1), run_id
+        assert doc["last_error"].startswith("refused: "), doc["last_error"]
+        assert reason in doc["last_error"] and "nothing was read or written" in doc["last_error"]
+        assert doc["attempts"][-1]["outcome"] == "failed"
+    written = files_under(tmp_path) - before
+    allowed = (ws.archives, ws.keys, ws.tmpdir)
+    assert sorted(p for p in written if not p.is_relative_to(allowed[0])
+                  and not p.is_relative_to(allowed[1]) and not p.is_relative_to(allowed[2])
+                  and not p.name.startswith(("runs.sqlite3", "dfarchive.log"))) == []  # fmt: skip
+    assert sorted(p.name for p in ws.archives.iterdir()) == ["run_real.tar.gpg"]
+    assert sorted(p.name for p in ws.keys.iterdir()) == ["run_real.key.gpg"]
+    assert not list(tmp_path.rglob("ESCAPED.*"))
+
+
+# -- the original tool's live claims ----------------------------------------------------
+
+
+def test_a_live_claim_of_the_original_tool_is_left_alone_and_reported(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dfarchive.runstate import timestamp
+
+    ws = backend.ws
+    run = ws.make_run("seqA", "run_legacy")
+    an_hour_ago = timestamp(datetime.now(UTC) - timedelta(hours=1))
+    backend.put({"_id": "run_legacy", "path": str(run), "status": "processing",
+                 "worker_id": "seq-host-1", "failure_count": 0,
+                 "created_at": an_hour_ago, "updated_at": an_hour_ago})  # fmt: skip
+    config = load_config(backend.config, environ=backend.env)
+    assert config.legacy_lease_seconds == 86400
+    with open_store(config) as store, caplog.at_level(logging.INFO, logger="dfarchive"):
+        for _ in range(2):
+            assert schedule_pass(store, config, worker_id="scheduler").reclaimed == []
+    held = [r.getMessage() for r in caplog.records if "original tool" in r.getMessage()]
+    assert len(held) == 2  # once per pass
+    assert held[0].startswith(
+        "[run_legacy] processing by the original tool on host seq-host-1 (last updated 1:00:"
+    )
+    assert held[0].endswith(
+        "To take it over now: stop the original worker on seq-host-1, then run: "
+        "dfarchive release run_legacy"
+    )
+    before = backend.docs()["run_legacy"]
+    result = backend.run("--once")
+    assert result.returncode == 0, result.output
+    assert backend.docs()["run_legacy"] == before  # never reclaimed, never touched
+    assert "[run_legacy] processing by the original tool on host seq-host-1" in result.output
+
+    # past legacy_lease_seconds it is reclaimed like an expired lease, then archived
+    shorter = ws.config(legacy_lease_seconds=1800, **_statusdb_of(backend))
+    result = backend.ws.run("dataflow_archive", "--once", "-c", str(shorter), env=backend.env)
+    assert result.returncode == 0, result.output
+    doc = backend.docs()["run_legacy"]
+    assert (doc["status"], doc["failure_count"]) == ("encrypted", 1)
+    assert doc["attempts"][0]["error"].startswith(
+        "lease expired: the original tool on seq-host-1 held it with no lease"
+    )
+    assert doc["worker_id"] == doc["archive"]["host"]  # the host name, as the original tool
+
+
+def _statusdb_of(backend: Backend) -> dict[str, Any]:
+    import yaml
+
+    return {"statusdb": yaml.safe_load(backend.config.read_text())["statusdb"]}

@@ -65,6 +65,7 @@ class Setup:
             worker_id="worker:1",
             settings=self.settings,
             recipient=self.recipient,
+            sequencing_path=self.config.sequencing_path,
         )
 
     def doc(self, run_id: str) -> dict:

@@ -182,7 +182,12 @@ def test_outputs_never_have_wider_modes_than_their_final_ones(
         store.setup()
         store.register_many([NewRun("run_modes", str(run), "seqA")], worker_id="s:1")
         outcome = attempt_run(
-            store, "run_modes", worker_id="w:1", settings=settings, recipient=recipient
+            store,
+            "run_modes",
+            worker_id="w:1",
+            settings=settings,
+            recipient=recipient,
+            sequencing_path=ws.seq,
         )
     assert outcome is Outcome.ENCRYPTED
     seen["archive"] = mode(ws.archives / "run_modes.tar.gpg")

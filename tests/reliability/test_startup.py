@@ -11,9 +11,12 @@ root, permission bits don't stop writes, a read-only mount does).
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import subprocess
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,7 +290,12 @@ def test_a_destination_turning_read_only_mid_life_is_a_counted_failure(
         store.register_many([NewRun("run_ro", str(run), "seqA")], worker_id="s:1")
         with read_only(ws.archives):
             outcome = attempt_run(
-                store, "run_ro", worker_id="w:1", settings=settings, recipient=recipient
+                store,
+                "run_ro",
+                worker_id="w:1",
+                settings=settings,
+                recipient=recipient,
+                sequencing_path=ws.seq,
             )
         doc = store.get("run_ro")
     assert outcome is Outcome.FAILED
@@ -316,3 +324,96 @@ def test_config_errors_need_no_traceback_even_with_odd_bytes(ws: Workspace) -> N
     config.write_text(textwrap.dedent("statusdb:\n  url: [1, 2\n"))
     result = ws.run("dfarchive", "status", "-c", str(config))
     assert_startup_error(result, str(config), "not valid YAML")
+
+
+# -- the recipient lost after start-up --------------------------------------------------
+
+
+def poll(condition, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)  # polling interval; the loop re-checks the condition
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
+    ws: Workspace,
+    keyring: GnupgHome,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every run used to burn its attempts on RecipientError. Now: released uncounted
+    with last_error, one CRITICAL line, no claims while the key is missing (checked
+    every scan_interval), archived once the key is imported again."""
+    from dfarchive import keys
+    from dfarchive.localrun import LocalArchiver
+    from dfarchive.startup import prepare
+
+    worker = GnupgHome(home=str(tmp_path_factory.mktemp("wk")), fingerprint=keyring.fingerprint)
+    Path(worker.home).chmod(0o700)
+    public_key = keyring.gpg("--export", keyring.fingerprint)
+    worker.gpg("--import", input=public_key)  # a worker host holds the public key only
+    monkeypatch.setenv("GNUPGHOME", worker.home)
+    for name in ("run_a", "run_b", "run_c"):
+        ws.make_run("seqA", name)
+    runtime = prepare(load_config(ws.config(gnupg_home=worker.home, concurrency=2)))
+    checks: list[float] = []
+    real_resolve = keys.resolve_recipient
+
+    def counted_resolve(name, *, gnupg_home=None):  # type: ignore[no-untyped-def]
+        checks.append(time.monotonic())  # the key check each attempt and re-check makes
+        return real_resolve(name, gnupg_home=gnupg_home)
+
+    monkeypatch.setattr(keys, "resolve_recipient", counted_resolve)
+    worker.gpg("--yes", "--delete-keys", keyring.fingerprint)  # after start-up
+    archiver = LocalArchiver(runtime)
+    loop = threading.Thread(target=archiver.run, daemon=True)
+    caplog.set_level(logging.INFO, logger="dfarchive")
+    loop.start()
+    try:
+        docs = poll(
+            lambda: (
+                (d := ws.documents())
+                and sum(doc.get("last_error") is not None for doc in d.values()) == 2
+                and d
+            ),
+            "two runs released",
+        )
+        released = {run_id: doc for run_id, doc in docs.items() if doc.get("last_error")}
+        for doc in released.values():
+            assert (doc["status"], doc["failure_count"]) == ("pending", 0)
+            assert doc["last_error"].startswith(
+                "not archived now: the GPG recipient is unusable: GPG recipient "
+                f"'{keyring.fingerprint}': no public key found"
+            )
+        seen = len(checks)
+        poll(lambda: len(checks) >= seen + 3, "three re-checks of the key")
+        assert ws.documents() == docs  # nothing claimed meanwhile
+        untouched = [doc for doc in docs.values() if not doc.get("last_error")]
+        assert len(untouched) == 1 and "claim_token" not in untouched[0]
+        loud = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(loud) == 1 and loud[0].levelno == logging.CRITICAL, loud
+        assert keyring.fingerprint in loud[0].getMessage()
+
+        worker.gpg("--import", input=public_key)
+        poll(
+            lambda: all(doc["status"] == "encrypted" for doc in ws.documents().values()),
+            "every run encrypted once the key is back",
+        )
+    finally:
+        archiver.stop()
+        loop.join(60)
+        runtime.store.close()
+    docs = ws.documents()
+    assert all(doc["failure_count"] == 0 for doc in docs.values())
+    assert sorted(p.name for p in ws.archives.iterdir()) == [
+        "run_a.tar.gpg", "run_b.tar.gpg", "run_c.tar.gpg"
+    ]  # fmt: skip
+    assert [r.getMessage() for r in caplog.records if "taking new runs" in r.getMessage()] == [
+        f"GPG recipient {keyring.fingerprint} is usable again; taking new runs"
+    ]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == loud
