@@ -14,8 +14,8 @@ dfarchive keeps for its own runs, marked ``format: "dataflow_archive"``. With an
 unwrapper (``--deep``) it also decrypts the archive, checks its integrity code (MDC) and
 tar stream, and records the plaintext SHA-256 and member count.
 
-:func:`remove_legacy_key_leftover` deletes the plaintext ``<run>.key`` a crash of the
-original tool can leave next to the archives; :func:`legacy_key_leftovers` finds them.
+The original tool's crash leftovers (plaintext ``<run>.key``) are handled by
+:mod:`dfarchive.leftovers`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,7 +37,7 @@ from .openpgp import packets as p
 from .openpgp.s2k import S2K
 from .openpgp.streams import BodyStream, Buffered, FileStream, read_header, read_small_body
 from .pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
-from .publish import fsync_directory
+from .scan import run_id_problem
 from .verify import READ_SIZE, _HashingReader, _Plaintext
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 LEGACY_FORMAT = "dataflow_archive"
 """``archive.format`` of an adopted run: its key is a ``gpg --gen-random 1 256`` binary
 passphrase, of which gpg used the bytes before the first newline or NUL."""
-LEGACY_KEY_SUFFIX = ".key"
-"""The original tool's plaintext key next to the archive (deleted unless it crashed)."""
 
 MAX_SESSION_PACKET = 1 << 16
 """Largest SKESK/PKESK/marker body accepted (real ones are well under 1 KiB)."""
@@ -73,17 +71,13 @@ class LegacyFiles:
     @classmethod
     def of(cls, run_id: str, *, destination_path: Path, keys_path: Path) -> LegacyFiles:
         """Raises AdoptionError for a run id that is not one file name component."""
-        if not is_file_name(run_id):
-            raise AdoptionError(f"run id {run_id!r} can't name a file")
+        problem = run_id_problem(run_id)
+        if problem is not None:
+            raise AdoptionError(f"run id {run_id!r} can't name a file: {problem}")
         return cls(
             archive=destination_path / f"{run_id}{ARCHIVE_SUFFIX}",
             key_file=keys_path / f"{run_id}{KEY_SUFFIX}",
         )
-
-
-def is_file_name(run_id: str) -> bool:
-    """True when ``run_id`` is one safe path component (never trust a stored id as a path)."""
-    return bool(run_id) and run_id not in (".", "..") and "/" not in run_id and "\0" not in run_id
 
 
 # -- the passphrase gpg used --------------------------------------------------------------
@@ -360,55 +354,3 @@ def adoption_record(
 
 
 # -- crash leftovers ----------------------------------------------------------------------
-
-
-def remove_legacy_key_leftover(destination_path: Path, run_id: str) -> Path | None:
-    """Delete ``destination_path/<run_id>.key``, the plaintext run key the original tool
-    leaves behind when it crashes; return its path if it was removed.
-
-    Only a regular file of exactly that name is removed (a symbolic link or anything
-    else is left alone and logged); the removal is logged with its path. Never raises
-    for a file problem: a leftover that can't be removed is logged as an error.
-    """
-    if not is_file_name(run_id):
-        return None
-    path = destination_path / f"{run_id}{LEGACY_KEY_SUFFIX}"
-    try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        log.error("[%s] cannot check for a plaintext key %s: %s", run_id, path, error.strerror)
-        return None
-    if not stat.S_ISREG(found.st_mode):
-        log.warning("[%s] %s is not a regular file; left alone", run_id, path)
-        return None
-    try:
-        os.unlink(path)  # never follows a link: at worst removes one put there meanwhile
-        fsync_directory(destination_path)
-    except OSError as error:
-        log.error(
-            "[%s] cannot remove the plaintext run key %s left by dataflow_archive: %s",
-            run_id,
-            path,
-            error.strerror,
-        )
-        return None
-    log.warning("[%s] removed the plaintext run key %s left by dataflow_archive", run_id, path)
-    return path
-
-
-def legacy_key_leftovers(destination_path: Path, run_ids: Iterable[str]) -> dict[str, Path]:
-    """The plaintext ``<run>.key`` files (regular files) in ``destination_path`` of the
-    given runs, by run id.
-
-    Raises: OSError if ``destination_path`` can't be listed.
-    """
-    wanted = set(run_ids)
-    found = {}
-    with os.scandir(destination_path) as entries:
-        for entry in entries:
-            run_id = entry.name.removesuffix(LEGACY_KEY_SUFFIX)
-            if run_id != entry.name and run_id in wanted and entry.is_file(follow_symlinks=False):
-                found[run_id] = Path(entry.path)
-    return dict(sorted(found.items()))

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .keys import Recipient, check_recipient
 from .lease import LeaseKeeper
+from .leftovers import remove_legacy_key_leftover
 from .pipeline import ArchiveSettings, archive_run
 from .scan import run_id_problem, run_path_problem
 from .store.base import Claim, RunStore
@@ -319,7 +320,10 @@ def _archive_claimed(
             log.warning("[%s] interrupted; released back to pending", run_id)
         raise
     doc = _end(store, claim, lambda: store.finish(claim, record))
-    return (Outcome.ENCRYPTED, record) if doc else (Outcome.LOST, None)
+    if not doc:
+        return Outcome.LOST, None
+    remove_legacy_key_leftover(settings.destination_path, run_id)
+    return Outcome.ENCRYPTED, record
 
 
 def _failed(

@@ -98,19 +98,6 @@ def estimate_tar_size(stamps: Stamps) -> int:
     )
 
 
-def run_folder_path(stored: object) -> Path:
-    """The run folder a run document's ``path`` names, if it can be one.
-
-    Raises: PreflightError for a hand-edited or foreign ``path`` that is missing, not a
-    string, not absolute, or holds a NUL byte (never archive relative to the cwd).
-    """
-    if not isinstance(stored, str) or not stored:
-        raise PreflightError(f"the run document has no usable 'path' (found {stored!r})")
-    if not os.path.isabs(stored) or "\0" in stored:
-        raise PreflightError(f"the run document's path {stored!r} is not an absolute path")
-    return Path(stored)
-
-
 def preflight(run_path: Path, settings: ArchiveSettings) -> tuple[Stamps, int]:
     """Check that the run can be archived now; return its entries' stamps (see
     :mod:`dfarchive.folderstamps`) and the estimated tar size.

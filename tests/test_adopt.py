@@ -24,12 +24,11 @@ from dfarchive.adopt import (
     check_symmetric_message,
     gpg_passphrase,
     key_file_recipients,
-    legacy_key_leftovers,
     recipient_key_ids,
-    remove_legacy_key_leftover,
 )
 from dfarchive.errors import CryptoError, TransitionRefused
 from dfarchive.keys import resolve_recipient
+from dfarchive.leftovers import legacy_key_leftovers, remove_legacy_key_leftover
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.store import NewRun, SqliteStore
 from tests.gpg_fixtures import GnupgHome, build_run_folder

@@ -296,7 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _key_leftovers(config: Config, docs: list[RunDocument]) -> dict[str, Path]:
     """The original tool's plaintext keys in destination_path, of the runs in ``docs``
     (none when destination_path can't be listed from this host)."""
-    from ..adopt import legacy_key_leftovers
+    from ..leftovers import legacy_key_leftovers
 
     try:
         return legacy_key_leftovers(config.destination_path, (doc["_id"] for doc in docs))
@@ -577,7 +577,7 @@ class _Adopter:
         return None
 
     def remove_leftover(self, run_id: str) -> None:
-        from ..adopt import remove_legacy_key_leftover
+        from ..leftovers import remove_legacy_key_leftover
 
         remove_legacy_key_leftover(self.config.destination_path, run_id)
 
