@@ -30,7 +30,8 @@ import dramatiq
 from dramatiq.middleware import Middleware, Shutdown
 
 from .attempt import AttemptObserver, RecipientGate, attempt_run
-from .config import config_path, load_config
+from .config import config_path, load_config, plaintext_credentials
+from .coredumps import disable_core_dumps
 from .errors import DfArchiveError
 from .logs import setup_logging
 from .messaging import ACTOR_NAME, QUEUE_NAME, broker_url, make_broker
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 #: blocking syscall anyway, and a run must never be killed for being large.
 TIME_LIMIT_MS = 30 * 24 * 3600 * 1000
 
+disable_core_dumps()  # workers hold run keys: never in a core file
 _config = load_config(config_path())
 _url = broker_url(_config.broker_url)
 if _url is None:
@@ -69,6 +71,8 @@ class WorkerStartupChecks(Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         global _runtime, _gate
         setup_logging(_config.log_level, _config.log_file)
+        for warning in plaintext_credentials(_config):
+            log.warning("%s", warning)
         try:
             _runtime = prepare(_config)
         except DfArchiveError as error:

@@ -286,3 +286,27 @@ def test_every_command_turns_core_dumps_off_first() -> None:
     before, after = done.stdout.splitlines()
     assert before != "0 0"
     assert after == "0 0"
+
+
+def test_a_dramatiq_worker_process_turns_core_dumps_off_when_it_loads_the_actors(
+    tmp_path: Path, keyring: GnupgHome
+) -> None:
+    """``dramatiq dfarchive.actors`` imports the module in each worker process: the
+    limit is set there, before any message (and run key) can arrive."""
+    ws = Workspace(tmp_path, keyring)
+    config = ws.config(broker_url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    script = (
+        "from pathlib import Path; import dfarchive.actors; "
+        "print(*[l for l in Path('/proc/self/limits').read_text().splitlines() "
+        "if l.startswith('Max core')][0].split()[4:6])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**ws.env(), "ARCHIVE_CONFIG": str(config)},
+        preexec_fn=allow_core_dumps,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 0"
