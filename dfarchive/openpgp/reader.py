@@ -1,7 +1,10 @@
 """Reading one OpenPGP symmetrically encrypted message (what our writer and gpg write).
 
 Outer packets: markers and public-key session keys are skipped, SKESK v4 packets give
-the candidate keys, then one SEIPD v1 packet must end the input. Inside: optional
+the candidate keys, then one SEIPD v1 packet must end the input. A message with a
+session-key packet over 64 KiB or of indeterminate length, more than 16 of them, or
+SKESKs asking for more S2K hashing than :data:`MAX_S2K_WORK` is refused (as gpg and
+Sequoia refuse the first; the others bound the work a hostile message can demand). Inside: optional
 compressed data (ZIP, ZLIB, BZip2) around one literal data packet, then the MDC packet.
 Unprotected (tag 9) and AEAD (tag 20) data are refused.
 """
