@@ -396,6 +396,10 @@ def test_the_readme_script_restores_a_good_archive(archived: ArchivedRun, tmp_pa
     assert done.returncode == 0, done.stderr
     assert os.listdir(into) == [archived.run_id]  # no work folder left
     assert tree(into / archived.run_id) == tree(archived.source)
+    again = run_readme_script(archived.run_id, archived.archive, archived.key, into, archived.home)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert os.listdir(into) == [archived.run_id]
+    assert tree(into / archived.run_id) == tree(archived.source)
 
 
 @pytest.mark.parametrize("damage", ["flip_middle", "flip_last"])
