@@ -747,6 +747,30 @@ def test_restore_refuses_hostile_members(
     assert listing(tmp_path) == sorted([*before, "into"])  # nothing written anywhere else
 
 
+def test_a_nul_byte_in_a_pax_path_is_a_clear_refusal(
+    craft, tmp_path: Path, capsys, monkeypatch, archived: ArchivedRun, no_config: None
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, data = entry("run/innocent", data=b"x")
+        info.pax_headers = {"path": "run/a\x00b"}
+        tar.addfile(info, io.BytesIO(data or b""))
+    crafted = craft(buffer.getvalue())
+    monkeypatch.setenv("GNUPGHOME", archived.home.home)
+    into = tmp_path / "into"
+    code, out, err = run_cli(
+        capsys,
+        "restore", "run", "--to", str(into),
+        "--archive", str(crafted.archive), "--key", str(crafted.key),
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "dfarchive: restore failed, nothing restored: refusing archive member "
+        "'run/a\\x00b': a NUL byte in the name\n"
+    )
+    assert listing(into) == []
+
+
 def test_a_later_member_replaces_a_symlink_instead_of_writing_through_it(
     craft, outside: Path, tmp_path: Path, archived: ArchivedRun
 ) -> None:
