@@ -269,25 +269,6 @@ def test_restore_reproduces_the_run_folder_exactly(archived: ArchivedRun, tmp_pa
     assert tree(into / archived.run_id) == tree(archived.source)
 
 
-def test_stock_tools_restore_the_same_tree(archived: ArchivedRun, tmp_path: Path) -> None:
-    """The README's restore: gpg -d KEY | gpg ... --passphrase-fd 0 -d ARCHIVE | tar -x."""
-    into = tmp_path / "stock"
-    into.mkdir()
-    command = (
-        f"gpg -d {archived.key} | gpg --batch --pinentry-mode loopback --passphrase-fd 0 "
-        f"-d {archived.archive} | tar -x"
-    )
-    done = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command],
-        cwd=into,
-        env=archived.home.env,
-        capture_output=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    assert tree(into / archived.run_id) == tree(archived.source)
-
-
 def test_cli_restore_from_files_without_any_config(
     archived: ArchivedRun, tmp_path: Path, no_config: None, capsys, monkeypatch
 ) -> None:
