@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CryptoError, DfArchiveError, IntegrityError
-from .keys import END_OF_OPTIONS, LIST_KEYS, Recipient, _parse_colons, _run_gpg
+from .keys import END_OF_OPTIONS, LIST_KEYS, Recipient, _parse_colons, _run_gpg, gpg_passphrase
 from .openpgp import decrypt
 from .openpgp import packets as p
 from .openpgp.s2k import S2K
@@ -78,22 +78,6 @@ class LegacyFiles:
             archive=destination_path / f"{run_id}{ARCHIVE_SUFFIX}",
             key_file=keys_path / f"{run_id}{KEY_SUFFIX}",
         )
-
-
-# -- the passphrase gpg used --------------------------------------------------------------
-
-
-def gpg_passphrase(key: bytes) -> bytes:
-    """The passphrase ``gpg --passphrase-file`` takes from the file's bytes ``key``.
-
-    gpg reads up to the first newline and keeps a C string: a NUL ends it too. Nothing
-    else is stripped (a trailing ``\\r`` stays), and all 256 bytes count when neither
-    occurs (checked against gpg 2.2 in tests/test_adopt.py).
-    """
-    # TODO(lead): replace by H2's function
-    for end in (b"\n", b"\0"):
-        key = key.split(end, 1)[0]
-    return key
 
 
 # -- the archive --------------------------------------------------------------------------

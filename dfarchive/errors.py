@@ -108,3 +108,8 @@ class Cancelled(DfArchiveError):
 
 class RecipientError(DfArchiveError):
     """The GPG recipient key is missing or unusable. A start-up error, not a run failure."""
+
+
+class KeyFileError(DfArchiveError):
+    """A wrapped run key file can't be a run key: not a message encrypted to a public
+    key, or it holds no passphrase. A check that failed, not a start-up error."""

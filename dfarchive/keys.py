@@ -2,13 +2,17 @@
 
 A run key is 64 random hex characters (:func:`new_run_key`); it is the passphrase of the
 run's symmetric archive. :func:`wrap_key` encrypts exactly that text to the configured
-recipient with ``gpg --encrypt``, so a restore needs only stock tools::
-
-    gpg -d run.key.gpg | gpg --batch --pinentry-mode loopback --passphrase-fd 0 \\
-        -d run.tar.gpg | tar -x
+recipient with ``gpg --encrypt``, so a restore needs only stock tools (the README's
+script: ``gpg -d run.key.gpg | gpg --passphrase-fd 0 -d run.tar.gpg | tar -x`` into a
+temporary folder, kept only if gpg reports no damage at the end).
 
 The recipient is resolved once to a fingerprint (:func:`resolve_recipient`) and pinned.
 Keys go to gpg on stdin and come back on stdout: never argv, files or logs.
+
+The original tool (``dataflow_archive``) made each run key with ``gpg --gen-random 1 256``
+(256 binary bytes) and encrypted with ``--passphrase-file``: gpg used only the bytes
+before the first newline or NUL as the passphrase. :func:`gpg_passphrase` applies that
+rule; dfarchive's hex keys pass through it unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dfarchive.childproc import child_environment
-from dfarchive.errors import RecipientError, ToolError
+from dfarchive.errors import KeyFileError, RecipientError, ToolError
 from dfarchive.gpgcli import BATCH, GPG, OUTPUT_STDOUT, status_keywords
 
 RUN_KEY_BYTES = 32
@@ -40,7 +44,10 @@ LIST_KEYS = (
 )
 ENCRYPT_TO = ("--trust-model", "always", "--status-fd", "2", "--encrypt", "--recipient")
 LIST_RECIPIENTS = ("--status-fd", "1", "--list-only", "--decrypt")
-DECRYPT = ("--decrypt",)
+DECRYPT_WITH_STATUS = ("--status-fd", "2", "--decrypt")
+PASSPHRASE_ENDS = (b"\n", b"\0")
+"""gpg stops reading a --passphrase-file/--passphrase-fd at a newline; a NUL ends the
+C string it then hashes (gnupg g10/passphrase.c: read_passphrase_from_fd, strlen)."""
 END_OF_OPTIONS = "--"
 
 _UNUSABLE_VALIDITY = frozenset("rei")  # revoked, expired, invalid
@@ -171,21 +178,70 @@ def wrap_key(passphrase: bytes, recipient: Recipient, *, gnupg_home: str | None 
     return wrapped
 
 
+def gpg_passphrase(key: bytes) -> bytes:
+    """The passphrase gpg derives from a ``--passphrase-file`` holding ``key``.
+
+    The bytes before the first newline or NUL byte, whichever comes first (a carriage
+    return is kept); all of ``key`` when it has neither. A dfarchive key (64 hex
+    characters) is returned unchanged.
+    """
+    end = len(key)
+    for stop in PASSPHRASE_ENDS:
+        found = key.find(stop, 0, end)
+        if found >= 0:
+            end = found
+    return key[:end]
+
+
 def unwrap_key(path: Path, *, gnupg_home: str | None = None) -> bytes:
     """Decrypt a wrapped run key (needs the recipient's private key); return the key.
 
+    The file must be a message encrypted to a public key whose secret key is in the
+    keyring (what ``gpg --encrypt -r RECIPIENT`` writes), holding a non-empty passphrase
+    as gpg reads one (:func:`gpg_passphrase`). The key is returned as decrypted.
+
     Raises:
+        KeyFileError: the file is not encrypted to a public key (e.g. ``gpg --store``
+            or ``gpg --symmetric`` output), or holds no passphrase.
         ToolError: gpg could not decrypt it (no private key, damaged file, ...).
     """
     with open(path, "rb") as source:
         wrapped = source.read()
+    listing = _run_gpg(
+        LIST_RECIPIENTS,
+        what=f"--list-only {str(path)!r}",
+        gnupg_home=gnupg_home,
+        stdin=wrapped,
+        check=False,
+    )
+    if not _has_status(listing.stdout, "ENC_TO"):
+        raise KeyFileError(
+            f"key file {path} is not a message encrypted to a public key (a run key file "
+            "is written by gpg --encrypt -r RECIPIENT); refusing it"
+        )
     result = _run_gpg(
-        [*DECRYPT, *OUTPUT_STDOUT],
+        [*DECRYPT_WITH_STATUS, *OUTPUT_STDOUT],
         what=f"--decrypt {str(path)!r}",
         gnupg_home=gnupg_home,
         stdin=wrapped,
     )
+    if not (
+        _has_status(result.stderr, "DECRYPTION_KEY")
+        and _has_status(result.stderr, "DECRYPTION_OKAY")
+    ):
+        raise KeyFileError(
+            f"key file {path} was not decrypted with a secret key of the keyring; refusing it"
+        )
+    if not gpg_passphrase(result.stdout):
+        raise KeyFileError(
+            f"key file {path} holds no passphrase (gpg stops a passphrase at the first "
+            "newline or NUL byte); refusing it"
+        )
     return result.stdout
+
+
+def _has_status(status: bytes, keyword: str) -> bool:
+    return any(found == keyword for found, _ in status_keywords(status))
 
 
 # -- gpg plumbing ---------------------------------------------------------------------

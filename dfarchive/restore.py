@@ -2,15 +2,20 @@
 
 :func:`restore_archive` decrypts ``<run>.tar.gpg`` with dfarchive's OpenPGP reader on a
 thread, into a pipe read by :mod:`tarfile` in streaming mode, and extracts every member
-itself (:class:`SafeExtractor`) into a private temporary directory inside the
-destination. Only once the whole message was read, its integrity code (MDC) checked and
-the plaintext matched the recorded size and SHA-256 (when known) are the extracted
-top-level entries renamed into the destination. Any failure removes the temporary
-directory: a damaged or tampered archive never leaves a half-restored tree behind.
+itself (:class:`SafeExtractor`) into a private work folder inside the destination. Only
+once the whole message was read, its integrity code (MDC) checked and the plaintext
+matched the recorded size and SHA-256 (when known) is the run folder renamed into the
+destination, in one step. Any failure removes the work folder: a damaged or tampered
+archive never leaves a half-restored tree behind. A work folder left by a restore that
+was killed is removed by the next restore into the same destination (each restore holds
+a lock on its own, so one running beside it is never touched).
 
 Extraction is safe against hostile archives. Refused, naming the member:
 
-* absolute names and names with a ``..`` component (for members and hard-link targets);
+* anything but the run folder ``RUN_ID/`` and what is in it (a run's archive holds one
+  top-level entry, its run folder, and it must be a directory);
+* absolute names and names with a ``..`` component (for members and hard-link targets),
+  and names or link targets holding a NUL byte;
 * any member whose path goes through a symbolic link (so ``link -> /tmp/x`` followed
   by ``link/evil`` never writes outside), or through something not a directory;
 * hard links to anything outside the tree, to directories or to names not extracted yet
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from .errors import CryptoError, DfArchiveError, ValidationError
+from .keys import gpg_passphrase
 from .openpgp import DecryptResult, decrypt
 from .publish import fsync_directory
 from .tarindex import TarIndex
@@ -58,7 +64,10 @@ COPY_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20
 """Requested capacity of the plaintext pipe (Linux may grant less)."""
 TEMP_PREFIX = ".dfarchive-restore-"
-"""Name prefix of the temporary directory made inside the destination."""
+"""Name prefix of the work folder made inside the destination."""
+WORK_TREE = b"tree"
+"""The folder inside a work folder that the archive is extracted into; made only once
+the work folder is locked, so a work folder holding it and not locked is stale."""
 
 FILE_MODE_BITS = 0o777
 DIRECTORY_MODE_BITS = 0o3777  # keeps set-group-ID and sticky on directories
@@ -82,8 +91,8 @@ class RestoreIntegrityError(RestoreError):
     """The archive is damaged, tampered with, or not the one recorded for the run."""
 
 
-class DestinationExists(DfArchiveError):
-    """What the archive would restore already exists in the destination directory."""
+class DestinationExists(RestoreError):
+    """The run folder already exists in the destination directory."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +100,7 @@ class RestoreResult:
     """What :func:`restore_archive` restored and verified.
 
     Attributes:
-      restored: the top-level entries created in the destination.
+      restored: what was created in the destination: the run folder.
       members: tar members extracted.
       plaintext_size, plaintext_sha256: of the decrypted tar stream.
       checked_against_record: the plaintext was compared with a recorded SHA-256.
@@ -109,7 +118,7 @@ def restore_archive(
     passphrase: bytes,
     destination: Path,
     *,
-    run_id: str | None = None,
+    run_id: str,
     plaintext_size: int | None = None,
     plaintext_sha256: str | None = None,
     preserve_owner: bool | None = None,
@@ -118,52 +127,70 @@ def restore_archive(
 
     Parameters:
       archive: the ``.tar.gpg`` file.
-      passphrase: the run key (as unwrapped from ``<run>.key.gpg``).
+      passphrase: the run key as unwrapped from ``<run>.key.gpg``; used as gpg uses a
+        ``--passphrase-file`` (:func:`dfarchive.keys.gpg_passphrase`), so the original
+        tool's binary keys work as well as dfarchive's hex ones.
       destination: the directory to restore into (created if missing).
-      run_id: the run folder at the top of the archive; if ``destination/run_id``
-        already exists the restore is refused before anything is decrypted.
+      run_id: the run folder, the archive's one top-level entry: restored as
+        ``destination/run_id``, which must not exist yet.
       plaintext_size, plaintext_sha256: the values recorded when archiving, if known.
       preserve_owner: restore owners and groups (default: when running as root).
 
     Returns: a :class:`RestoreResult`.
 
     Raises:
-      UnsafeMember: a member would escape ``destination`` or write through a link.
+      UnsafeMember: a member outside ``run_id/``, or one that would escape
+        ``destination`` or write through a link.
       RestoreIntegrityError: MDC failure, wrong key, truncation, or a plaintext that
         differs from the recorded size or SHA-256.
+      DestinationExists: ``destination/run_id`` already exists.
       RestoreError: any other problem reading or extracting the archive.
-      DestinationExists: an entry the archive holds already exists in ``destination``.
       OSError: the archive can't be opened, or ``destination`` can't be created.
     In every error case nothing is left in ``destination``.
     """
     destination = Path(destination)
-    if run_id is not None and os.path.lexists(destination / run_id):
+    folder = run_folder_name(run_id)
+    if os.path.lexists(_join(destination, folder)):
         raise DestinationExists(f"{destination / run_id} already exists; restore elsewhere")
     destination.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_folders(destination)
     if preserve_owner is None:
         preserve_owner = os.geteuid() == 0
     with open(archive, "rb", buffering=0) as source:
-        plaintext = _PlaintextPipe(source, passphrase, where=str(archive))
-        temp: Path | None = None
+        plaintext = _PlaintextPipe(source, gpg_passphrase(passphrase), where=str(archive))
+        work: _WorkFolder | None = None
         try:
-            temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=destination))
-            extractor = SafeExtractor(temp, preserve_owner=preserve_owner)
+            work = _WorkFolder(destination)
+            extractor = SafeExtractor(work.tree, run_id=run_id, preserve_owner=preserve_owner)
             plaintext.start()
             members = _extract_verified(plaintext, extractor)
             _check_plaintext(plaintext, archive, plaintext_size, plaintext_sha256)
-            restored = _move_into_place(extractor, temp, destination)
+            restored = _move_into_place(extractor, work.tree, destination, archive)
         except BaseException:
             plaintext.abort()
-            if temp is not None:
-                remove_tree(temp)
             raise
+        finally:
+            if work is not None:
+                work.remove()
     return RestoreResult(
-        restored=restored,
+        restored=(restored,),
         members=members,
         plaintext_size=plaintext.size,
         plaintext_sha256=plaintext.sha256.hexdigest(),
         checked_against_record=plaintext_sha256 is not None,
     )
+
+
+def run_folder_name(run_id: str) -> bytes:
+    """``run_id`` as the raw name of a folder in the destination.
+
+    Raises: RestoreError unless it is one path component (no ``/``, not ``.``/``..``,
+    no NUL byte).
+    """
+    raw = run_id.encode(TAR_ENCODING, TAR_ERRORS)
+    if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw:
+        raise RestoreError(f"run id {run_id!r} is not a folder name")
+    return raw
 
 
 def _extract_verified(plaintext: _PlaintextPipe, extractor: SafeExtractor) -> int:
@@ -202,27 +229,102 @@ def _check_plaintext(
         )
 
 
-def _move_into_place(extractor: SafeExtractor, temp: Path, destination: Path) -> tuple[Path, ...]:
-    """Rename the extracted top-level entries into ``destination``.
+def _move_into_place(
+    extractor: SafeExtractor, tree: Path, destination: Path, archive: Path
+) -> Path:
+    """Rename the extracted run folder into ``destination`` in one step.
 
-    Directory attributes are set before the renames, except on the top-level
-    directories themselves: a directory that is not writable can't be moved to another
-    parent, and a move may touch its times.
+    The name is claimed first with an empty directory (``mkdir`` fails if anything took
+    it meanwhile), which the rename then replaces. Directory attributes are set before
+    the rename, except on the run folder itself: a directory that is not writable can't
+    be moved to another parent, and a move may touch its times.
     """
-    names = [name for name in extractor.top_level if os.path.lexists(_join(temp, name))]
-    for name in names:
-        if os.path.lexists(_join(destination, name)):
-            raise DestinationExists(
-                f"{os.fsdecode(_join(destination, name))} already exists; restore elsewhere"
-            )
-    extractor.apply_directory_attributes(temp, levels="inner")
-    for name in names:
-        os.rename(_join(temp, name), _join(destination, name))
-    os.rmdir(temp)
-    extractor.apply_directory_attributes(destination, levels="top")
+    folder = extractor.run_folder
+    source = _join(tree, folder)
+    if not os.path.lexists(source):
+        raise RestoreError(f"{archive}: holds nothing under {os.fsdecode(folder)}/")
+    extractor.apply_directory_attributes(tree, levels="inner")
+    target = _join(destination, folder)
+    try:
+        os.mkdir(target, 0o700)
+    except FileExistsError:
+        raise DestinationExists(
+            f"{os.fsdecode(target)} already exists; restore elsewhere"
+        ) from None
+    try:
+        os.rename(source, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+        raise
+    try:
+        extractor.apply_directory_attributes(destination, levels="top")
+    except BaseException:
+        remove_tree(Path(os.fsdecode(target)))
+        raise
     with contextlib.suppress(OSError):
         fsync_directory(destination)
-    return tuple(Path(os.fsdecode(_join(destination, name))) for name in names)
+    return Path(os.fsdecode(target))
+
+
+class _WorkFolder:
+    """A restore's private work folder in the destination, locked while it is in use.
+
+    The folder is ``flock``ed from just after it is made until it is removed; the
+    ``tree`` inside it, where the archive is extracted, is made only once the lock is
+    held. So a work folder that holds ``tree`` and whose lock can be taken belongs to a
+    restore that is gone (:func:`remove_stale_work_folders`).
+    """
+
+    def __init__(self, destination: Path) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=destination))
+        self.tree = self.path / os.fsdecode(WORK_TREE)
+        self._fd = -1
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # blocking: a restore looking for stale work folders may hold the lock for
+            # a moment (it finds no tree here and leaves the folder alone)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.mkdir(self.tree, 0o700)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove the folder and everything in it, then release the lock."""
+        try:
+            remove_tree(self.path)
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def remove_stale_work_folders(destination: Path) -> None:
+    """Remove the work folders that restores killed before they cleaned up left in
+    ``destination``. Folders of restores still running (locked) are left alone."""
+    with os.scandir(destination) as entries:
+        candidates = [
+            entry.path
+            for entry in entries
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_dir(follow_symlinks=False)
+        ]
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a restore is working there
+        try:
+            if os.path.lexists(os.path.join(os.fsencode(path), WORK_TREE)):
+                log.warning("removing %s, left by an interrupted restore", path)
+                remove_tree(Path(path))
+        finally:
+            os.close(fd)
 
 
 def remove_tree(path: Path) -> None:
@@ -373,9 +475,11 @@ def extract_stream(stream: BinaryIO, extractor: SafeExtractor) -> int:
 def member_parts(name: str) -> tuple[bytes, ...]:
     """The path components of a member name as raw bytes (``.`` and empty ones dropped).
 
-    Raises: UnsafeMember for an absolute name or a ``..`` component.
+    Raises: UnsafeMember for an absolute name, a ``..`` component or a NUL byte.
     """
     raw = name.encode(TAR_ENCODING, TAR_ERRORS)
+    if b"\0" in raw:
+        raise UnsafeMember(name, "a NUL byte in the name")
     if raw.startswith(b"/"):
         raise UnsafeMember(name, "absolute path")
     parts = tuple(part for part in raw.split(b"/") if part not in (b"", b"."))
@@ -410,18 +514,19 @@ def _gid(name: str, fallback: int) -> int:
 
 
 class SafeExtractor:
-    """Extracts tar members under ``root``, refusing anything that would leave it.
+    """Extracts the tar members under ``run_id/`` into ``root``, refusing any other
+    member and anything that would leave ``root``.
 
     Use :meth:`extract` for each member in stream order, then
     :meth:`apply_directory_attributes` (directories get their modes and times last,
     deepest first, so restoring their contents can't change or be blocked by them).
     """
 
-    def __init__(self, root: Path, *, preserve_owner: bool = False) -> None:
+    def __init__(self, root: Path, *, run_id: str, preserve_owner: bool = False) -> None:
         self.root = os.fsencode(root)
+        self.run_id = run_id
+        self.run_folder = run_folder_name(run_id)
         self.preserve_owner = preserve_owner
-        self.top_level: list[bytes] = []
-        self._top_seen: set[bytes] = set()
         self._directories: list[tuple[tuple[bytes, ...], tarfile.TarInfo]] = []
 
     def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -435,6 +540,7 @@ class SafeExtractor:
             if member.isdir():
                 return  # "./": the destination itself; its attributes are not ours
             raise UnsafeMember(name, "names the destination directory itself")
+        self._check_in_run_folder(parts, member)
         try:
             self._prepare_parents(parts, name)
             path = _join(self.root, *parts)
@@ -454,9 +560,15 @@ class SafeExtractor:
                 raise UnsafeMember(name, f"unsupported member type {member.type!r}")
         except OSError as error:
             raise RestoreError(f"cannot extract archive member {name!r}: {error}") from None
-        if parts[0] not in self._top_seen:
-            self._top_seen.add(parts[0])
-            self.top_level.append(parts[0])
+
+    def _check_in_run_folder(self, parts: tuple[bytes, ...], member: tarfile.TarInfo) -> None:
+        if parts[0] != self.run_folder:
+            raise UnsafeMember(
+                member.name,
+                f"outside the run folder: only {self.run_id}/ may come out of this archive",
+            )
+        if len(parts) == 1 and not member.isdir():
+            raise UnsafeMember(member.name, "the run folder must be a directory")
 
     # -- paths ----------------------------------------------------------------------
 
@@ -545,6 +657,8 @@ class SafeExtractor:
             os.close(fd)
 
     def _make_symlink(self, path: bytes, member: tarfile.TarInfo) -> None:
+        if "\0" in member.linkname:
+            raise UnsafeMember(member.name, "a NUL byte in its link target")
         self._clear(path, member.name, keep_directory=False)
         os.symlink(member.linkname.encode(TAR_ENCODING, TAR_ERRORS), path)
         self._set_owner(path, member)

@@ -5,12 +5,18 @@
 * always: the archive file exists and has the recorded ``size`` and ``sha256``
   (streamed in large reads), and the wrapped key file exists;
 * ``deep``: additionally unwraps the run key (needs the recipient's private key in
-  the keyring) and decrypts the archive in the same pass with dfarchive's OpenPGP reader,
+  the keyring) and decrypts the archive in the same pass with dfarchive's OpenPGP reader
+  (the key used as gpg uses a passphrase file: the original tool's binary keys work),
   checking the integrity code (MDC), the recorded ``plaintext_size`` and
   ``plaintext_sha256``, and the tar stream's member count and names (``members``,
   ``members_sha256``) when recorded.
 
 A mismatch is not an exception: it is listed in :attr:`VerifyReport.problems`.
+
+An ``encrypted`` run without an archive record was archived by the original tool
+(``dataflow_archive``): ``dfarchive adopt`` gives it one. Adopted records
+(``format: "dataflow_archive"``) have no plaintext checksums unless adopted deeply;
+what is not recorded is not compared.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Cancelled, CryptoError, DfArchiveError, ValidationError
+from .errors import Cancelled, CryptoError, DfArchiveError, KeyFileError, ValidationError
+from .keys import gpg_passphrase
 from .openpgp import decrypt
 from .runstate import ENCRYPTED
 from .tarindex import TarIndex
@@ -35,7 +42,8 @@ KeyUnwrapper = Callable[[Path], bytes]
 
 
 class NotVerifiable(DfArchiveError):
-    """The run has no archive to verify (not encrypted, or no archive record)."""
+    """The run has no archive to verify (not encrypted, or no archive record: archived
+    by the original tool and not adopted yet)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +84,10 @@ def archive_record(doc: Mapping[str, Any]) -> ArchiveRecord:
         raise NotVerifiable(f"run {run_id!r} is {doc.get('status')!r}, not encrypted")
     record = doc.get("archive")
     if not isinstance(record, Mapping):
-        raise NotVerifiable(f"run {run_id!r} has no archive record")
+        raise NotVerifiable(
+            f"run {run_id!r} has no archive record: it was archived by the original tool "
+            f"(dataflow_archive) and must be adopted first: dfarchive adopt {run_id}"
+        )
     file, size, sha256 = record.get("file"), record.get("size"), record.get("sha256")
     if not isinstance(file, str) or not _is_int(size) or not isinstance(sha256, str):
         raise NotVerifiable(f"run {run_id!r}: the archive record lacks file, size or sha256")
@@ -125,7 +136,8 @@ def verify_run(
 
     Raises:
       NotVerifiable: the run is not encrypted or has no usable archive record.
-      ToolError / other DfArchiveError from ``unwrap``: the key could not be unwrapped.
+      ToolError / other DfArchiveError from ``unwrap``: the key could not be unwrapped
+        (a key file that is not a run key, KeyFileError, is a problem in the report).
       Cancelled.
     """
     record = archive_record(doc)
@@ -152,8 +164,13 @@ def verify_run(
             )
         if deep and unwrap is not None and key_present:
             assert record.key_file is not None
-            passphrase = unwrap(record.key_file)
-            _deep_pass(fd, passphrase, record, report, cancel)
+            try:
+                passphrase = gpg_passphrase(unwrap(record.key_file))
+            except KeyFileError as error:
+                report.problems.append(str(error))
+                _hash_pass(fd, record, report, cancel)
+            else:
+                _deep_pass(fd, passphrase, record, report, cancel)
         elif size_ok:
             _hash_pass(fd, record, report, cancel)
         else:

@@ -22,14 +22,12 @@ from dfarchive.adopt import (
     AdoptionError,
     check_key_file,
     check_symmetric_message,
-    gpg_passphrase,
     key_file_recipients,
     recipient_key_ids,
 )
 from dfarchive.errors import CryptoError, TransitionRefused
 from dfarchive.keys import resolve_recipient
 from dfarchive.leftovers import legacy_key_leftovers, remove_legacy_key_leftover
-from dfarchive.openpgp import decrypt_bytes
 from dfarchive.store import NewRun, SqliteStore
 from tests.gpg_fixtures import GnupgHome, build_run_folder
 from tests.legacy_tool import (
@@ -93,36 +91,6 @@ def test_the_store_adopts_with_compare_and_swap(tmp_path: Path) -> None:
         with pytest.raises(TransitionRefused):
             store.adopt("run_1", {"file": "y"})  # archived by dfarchive: has a record
         assert store.get("run_1") == before
-
-
-# -- the passphrase gpg used -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "used"),
-    [
-        (WHOLE_KEY, WHOLE_KEY),  # no newline, no NUL: all 256 bytes
-        (NEWLINE_KEY, NEWLINE_KEY[:3]),  # up to the first newline
-        (NUL_KEY, NUL_KEY[:5]),  # a NUL ends it too; a \r inside stays
-        (b"abc\r\nxyz", b"abc\r"),  # a \r before the newline is not stripped
-        (b"ab\0cd\nef", b"ab"),
-    ],
-)
-def test_the_passphrase_cut_is_what_gpg_uses(
-    key: bytes, used: bytes, tmp_path: Path, symmetric_gnupg_home: Path
-) -> None:
-    assert gpg_passphrase(key) == used
-    key_file = tmp_path / "run.key"
-    key_file.write_bytes(key)
-    message = subprocess.run(
-        ["gpg", "--batch", "--symmetric", "--cipher-algo", "AES256", "--compress-algo",
-         "none", "--passphrase-file", str(key_file), "-o", "-"],
-        input=b"payload", capture_output=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-    assert decrypt_bytes(message, used) == b"payload"
-    if used != key:
-        with pytest.raises(CryptoError):
-            decrypt_bytes(message, key)
 
 
 # -- the files -------------------------------------------------------------------------------

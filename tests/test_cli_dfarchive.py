@@ -309,7 +309,7 @@ def test_verify_deep_detects_an_edited_plaintext_checksum(
 def test_verify_without_an_archive(store: SqliteStore, capsys) -> None:
     add_run(store, "run_pending")
     code, out, err = run_cli(capsys, "verify", "run_pending")
-    assert (code, out) == (2, "")
+    assert (code, out) == (1, "")
     assert "nothing to verify" in err and "not encrypted" in err
     code, _, err = run_cli(capsys, "verify", "nope", "--deep")
     assert code == 1 and "no run 'nope'" in err
@@ -328,7 +328,7 @@ def test_restore_from_the_store(
     assert "plaintext SHA-256 matches the record" in out
     assert tree(into / archived.run_id) == tree(archived.source)
     code, out, err = run_cli(capsys, "restore", archived.run_id, "--to", str(into))
-    assert code == 2 and err.count("\n") == 1 and "already exists" in err
+    assert code == 1 and err.count("\n") == 1 and "already exists" in err
 
 
 def test_restore_checks_the_recorded_checksum(
@@ -347,7 +347,7 @@ def test_restore_of_an_unknown_or_unarchived_run(
     assert code == 1 and "no run 'nope'" in err and "--archive and --key" in err
     add_run(store, "run_pending")
     code, _, err = run_cli(capsys, "restore", "run_pending", "--to", str(tmp_path / "r"))
-    assert code == 2 and "not encrypted" in err
+    assert code == 1 and "not encrypted" in err
 
 
 # -- every command: a broken config is exit 2 and one line -------------------------------

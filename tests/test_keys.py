@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.errors import RecipientError
-from dfarchive.keys import Recipient, new_run_key, resolve_recipient, unwrap_key, wrap_key
+from dfarchive.errors import CryptoError, KeyFileError, RecipientError
+from dfarchive.keys import (
+    Recipient,
+    gpg_passphrase,
+    new_run_key,
+    resolve_recipient,
+    unwrap_key,
+    wrap_key,
+)
+from dfarchive.openpgp import decrypt_bytes
 from tests.gpg_fixtures import GnupgHome
 
 
@@ -132,3 +140,69 @@ def test_key_is_not_on_any_command_line(gnupg_home, monkeypatch):
     wrap_key(key, recipient, gnupg_home=gnupg_home.home)
     assert argvs
     assert not [argv for argv in argvs if any(key.decode() in arg for arg in argv)]
+
+
+# -- passphrases as gpg reads them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "passphrase"),
+    [
+        (b"ab\ncd", b"ab"),
+        (b"ab\0cd", b"ab"),
+        (b"a\0b\nc", b"a"),
+        (b"a\nb\0c", b"a"),
+        (b"ab\r\ncd", b"ab\r"),  # a carriage return is kept
+        (b"abc\r", b"abc\r"),
+        (b"x\n", b"x"),
+        (b"\xff" * 256, b"\xff" * 256),
+        (b"\nabc", b""),
+        (b"\0abc", b""),
+        (b"", b""),
+    ],
+)
+def test_gpg_passphrase_ends_at_the_first_newline_or_nul(key: bytes, passphrase: bytes) -> None:
+    assert gpg_passphrase(key) == passphrase
+
+
+def test_gpg_passphrase_leaves_dfarchive_keys_alone() -> None:
+    for _ in range(100):
+        key = new_run_key()
+        assert gpg_passphrase(key) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        b"\xfe\n" + bytes(range(256))[:254],
+        b"\x01\x02\x03\0" + b"\n" * 252,
+        bytes(range(11, 200)) + b"\0tail",
+        b"abc\r\ndef",
+        b"abc\rdef\0ghi",
+        b"no end at all \xff\xfe\r",
+    ],
+    ids=["newline_at_1", "nul_at_3", "nul_at_189", "crlf", "cr_then_nul", "neither"],
+)
+def test_gpg_passphrase_is_what_gpg_uses_from_a_passphrase_file(
+    key: bytes, tmp_path: Path, symmetric_gnupg_home: Path
+) -> None:
+    """The evidence: what ``gpg --symmetric --passphrase-file`` encrypted with is what
+    :func:`gpg_passphrase` returns (the original tool's command)."""
+    (tmp_path / "run.key").write_bytes(key)
+    blob = subprocess.run(
+        ["gpg", "--batch", "--symmetric", "--cipher-algo", "AES256", "--compress-algo", "none",
+         "--passphrase-file", str(tmp_path / "run.key"), "--output", "-"],
+        input=b"data", capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert decrypt_bytes(blob, gpg_passphrase(key)) == b"data"
+    if gpg_passphrase(key) != key:
+        with pytest.raises(CryptoError):
+            decrypt_bytes(blob, key)
+
+
+def test_unwrap_refuses_a_key_file_holding_no_passphrase(gnupg_home, tmp_path):
+    recipient = resolve_recipient(gnupg_home.fingerprint, gnupg_home=gnupg_home.home)
+    path = tmp_path / "run.key.gpg"
+    path.write_bytes(wrap_key(b"\nthe rest", recipient, gnupg_home=gnupg_home.home))
+    with pytest.raises(KeyFileError, match=f"key file {path} holds no passphrase"):
+        unwrap_key(path, gnupg_home=gnupg_home.home)

@@ -490,6 +490,90 @@ def test_malformed_contents_with_a_good_mdc_raise_integrity_error(inner: bytes, 
         decrypt_bytes(message(inner), PASSPHRASE)
 
 
+def _wrapped_in_session_key_packet(inner: bytes, *, indeterminate: bool) -> bytes:
+    """``inner`` (a whole message) as the body of an SKESK header: a reader that skips
+    the SKESK without consuming its body would go on to decrypt ``inner``."""
+    if indeterminate:  # old-format header, length type 3
+        return bytes((0x80 | (p.TAG_SKESK << 2) | 3,)) + inner
+    return bytes((p.new_format_tag(p.TAG_SKESK),)) + p.encode_length(len(inner)) + inner
+
+
+@pytest.mark.parametrize(
+    ("indeterminate", "match"),
+    [
+        (False, r"packet tag 3 before the encrypted data is \d+ bytes, over the 65536-byte"),
+        (True, "packet tag 3 before the encrypted data has an indeterminate length"),
+    ],
+    ids=["over_64KiB", "indeterminate"],
+)
+def test_an_oversized_or_unbounded_skesk_refuses_the_message(
+    indeterminate: bool, match: str
+) -> None:
+    inner = message(literal(payload(70_000)))
+    assert decrypt_bytes(inner, PASSPHRASE)  # on its own it decrypts
+    blob = _wrapped_in_session_key_packet(inner, indeterminate=indeterminate)
+    with pytest.raises(UnsupportedMessage, match=match + ".*refusing the message"):
+        decrypt_bytes(blob, PASSPHRASE)
+
+
+class _DeriveCounter:
+    """Counts S2K derivations (patched over S2K.derive)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = S2K.derive
+
+        def counting(s2k: S2K, passphrase: bytes, key_size: int) -> bytes:
+            self.calls += 1
+            return real(s2k, passphrase, key_size)
+
+        monkeypatch.setattr(S2K, "derive", counting)
+
+
+def _decoys(count: int, count_byte: int = 0) -> bytes:
+    """``count`` SKESKs for other passphrases, each asking ``count_byte`` S2K work."""
+    s2k = S2K(S2K_ITERATED, p.HASH_SHA256, bytes(8), count_byte)
+    body = bytes((p.SKESK_VERSION, p.CIPHER_AES256)) + s2k.encode()
+    return p.new_packet(p.TAG_SKESK, body) * count
+
+
+def test_at_most_16_session_key_packets(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = payload(100)
+    head, key = skesk()
+    assert decrypt_bytes(_decoys(15) + head + seipd(key, literal(data)), PASSPHRASE) == data
+    derived = _DeriveCounter(monkeypatch)
+    blob = _decoys(16) + head + seipd(key, literal(data))
+    with pytest.raises(UnsupportedMessage, match="more than 16 session key and marker packets"):
+        decrypt_bytes(blob, PASSPHRASE)
+    assert derived.calls == 0
+    with pytest.raises(UnsupportedMessage, match="more than 16"):  # markers count too
+        decrypt_bytes(p.new_packet(p.TAG_MARKER, p.MARKER_BODY) * 17 + blob[-200:], PASSPHRASE)
+
+
+def test_s2k_work_is_capped_before_any_key_is_derived(monkeypatch: pytest.MonkeyPatch) -> None:
+    head, key = skesk(s2k=S2K(S2K_ITERATED, p.HASH_SHA256, bytes(8), 0xFF))
+    blob = _decoys(4, count_byte=0xFF) + head + seipd(key, literal(b"x"))
+    derived = _DeriveCounter(monkeypatch)
+    with pytest.raises(UnsupportedMessage, match=r"ask for 325058560 octets of S2K hashing"):
+        decrypt_bytes(blob, PASSPHRASE)  # 5 x 65011712 octets: 1.6 s of CPU if derived
+    assert derived.calls == 0
+
+
+def test_s2k_work_counts_every_hash_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHA-1 needs two passes for an AES-256 key: twice the work of SHA-256."""
+    from dfarchive.openpgp import reader
+
+    monkeypatch.setattr(reader, "MAX_S2K_WORK", 4 * decode_count(0))
+    data = payload(10)
+    sha1 = S2K(S2K_ITERATED, p.HASH_SHA1, bytes(8), 0)
+    head, key = skesk(s2k=sha1)
+    assert decrypt_bytes(_decoys(2) + head + seipd(key, literal(data)), PASSPHRASE) == data
+    derived = _DeriveCounter(monkeypatch)
+    with pytest.raises(UnsupportedMessage, match="ask for 5120 octets"):
+        decrypt_bytes(_decoys(3) + head + seipd(key, literal(data)), PASSPHRASE)
+    assert derived.calls == 0
+
+
 def test_bad_mdc_raises_integrity_error() -> None:
     with pytest.raises(IntegrityError, match="modification detection code mismatch"):
         decrypt_bytes(message(literal(b"data"), mdc_ok=False), PASSPHRASE)

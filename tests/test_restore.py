@@ -11,10 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
+import re
+import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +30,11 @@ import pytest
 
 from dfarchive import keys
 from dfarchive.cli.dfarchive import main
-from dfarchive.openpgp import SymmetricWriter
+from dfarchive.errors import KeyFileError
+from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
 from dfarchive.pipeline import ArchiveSettings, archive_run
 from dfarchive.restore import (
+    TEMP_PREFIX,
     DestinationExists,
     RestoreError,
     RestoreIntegrityError,
@@ -39,6 +47,7 @@ from dfarchive.restore import (
 from tests.gpg_fixtures import TEST_UID, GnupgHome, build_run_folder
 
 RUN_ID = "231114_A00123_0042_AHXXXXXXX"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 # -- shared helpers (also used by test_verify and test_cli_dfarchive) -----------------
@@ -99,6 +108,81 @@ def make_archived_run(
         patch.setenv("GNUPGHOME", home.home)
         record = archive_run(run_id, source.path, settings, recipient)
     return ArchivedRun(run_id, source.path, record, home, settings)
+
+
+def legacy_key(stop: bytes | None, at: int = 0, *, seed: int = 0) -> bytes:
+    """256 random bytes, as ``gpg --gen-random 1 256`` made the original tool's keys,
+    whose first newline or NUL byte is ``stop`` at offset ``at`` (None: neither)."""
+    rng = random.Random(seed)
+    allowed = [b for b in range(256) if b not in b"\n\0"]
+    body = bytes(rng.choice(allowed) for _ in range(256))
+    if stop is None:
+        return body
+    return body[:at] + stop + rng.randbytes(255 - at)
+
+
+LEGACY_KEYS = {
+    **{f"newline_at_{at}": legacy_key(b"\n", at, seed=at) for at in range(1, 10)},
+    **{f"nul_at_{at}": legacy_key(b"\0", at, seed=at) for at in range(1, 10)},
+    "newline_in_the_middle": legacy_key(b"\n", 128, seed=128),
+    "nul_in_the_middle": legacy_key(b"\0", 128, seed=129),
+    "neither": legacy_key(None),
+}
+"""The original tool's key shapes (gpg refuses an empty passphrase: never at byte 0)."""
+
+
+@dataclass(frozen=True)
+class LegacyArchive:
+    """A run archived the way the original tool (``dataflow_archive``) did it."""
+
+    archive: Path
+    key: Path
+
+    def adopted_record(self, home: GnupgHome, **extra: Any) -> dict[str, Any]:
+        """The archive record ``dfarchive adopt`` writes (without --deep)."""
+        data = self.archive.read_bytes()
+        return {
+            "file": str(self.archive),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "key_file": str(self.key),
+            "recipient_fingerprint": home.fingerprint,
+            "format": "dataflow_archive",
+            "adopted_at": "2026-12-01T00:00:00+00:00",
+            **extra,
+        }
+
+
+def make_legacy_archive(
+    base: Path, home: GnupgHome, source: Path, key: bytes, *, compress: bool = False
+) -> LegacyArchive:
+    """``tar | gpg --symmetric --cipher-algo AES256 --compress-algo none
+    --passphrase-file RUN.key``, then ``gpg --encrypt -r RECIPIENT RUN.key`` into
+    ``run_keys/RUN.key.gpg``: the original tool's commands (``compress``: gpg's default
+    compression instead, as older archives may have)."""
+    base.mkdir(parents=True, exist_ok=True)
+    key_file, archive = base / f"{source.name}.key", base / f"{source.name}.tar.gpg"
+    key_file.write_bytes(key)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(source.parent), "-cf", "-", source.name], stdout=subprocess.PIPE
+    )
+    compression = [] if compress else ["--compress-algo", "none"]
+    with archive.open("wb") as out:
+        subprocess.run(
+            ["gpg", "--batch", "--symmetric", "--cipher-algo", "AES256", *compression,
+             "--passphrase-file", str(key_file), "--output", "-"],
+            stdin=tar.stdout, stdout=out, stderr=subprocess.PIPE, env=home.env, check=True,
+            timeout=120,
+        )  # fmt: skip
+    assert tar.stdout is not None
+    tar.stdout.close()
+    assert tar.wait(timeout=120) == 0
+    wrapped = base / "run_keys" / f"{source.name}.key.gpg"
+    wrapped.parent.mkdir(exist_ok=True)
+    home.gpg("--trust-model", "always", "--output", str(wrapped), "--encrypt",
+             "--recipient", home.fingerprint, str(key_file))  # fmt: skip
+    key_file.unlink()
+    return LegacyArchive(archive, wrapped)
 
 
 def tree(root: Path) -> dict[bytes, tuple]:
@@ -185,25 +269,6 @@ def test_restore_reproduces_the_run_folder_exactly(archived: ArchivedRun, tmp_pa
     assert tree(into / archived.run_id) == tree(archived.source)
 
 
-def test_stock_tools_restore_the_same_tree(archived: ArchivedRun, tmp_path: Path) -> None:
-    """The README's restore: gpg -d KEY | gpg ... --passphrase-fd 0 -d ARCHIVE | tar -x."""
-    into = tmp_path / "stock"
-    into.mkdir()
-    command = (
-        f"gpg -d {archived.key} | gpg --batch --pinentry-mode loopback --passphrase-fd 0 "
-        f"-d {archived.archive} | tar -x"
-    )
-    done = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command],
-        cwd=into,
-        env=archived.home.env,
-        capture_output=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    assert tree(into / archived.run_id) == tree(archived.source)
-
-
 def test_cli_restore_from_files_without_any_config(
     archived: ArchivedRun, tmp_path: Path, no_config: None, capsys, monkeypatch
 ) -> None:
@@ -232,7 +297,13 @@ def test_restore_refuses_an_existing_run_folder(archived: ArchivedRun, tmp_path:
 def test_a_wrong_recorded_checksum_leaves_nothing(archived: ArchivedRun, tmp_path: Path) -> None:
     into = tmp_path / "out"
     with pytest.raises(RestoreIntegrityError, match="plaintext SHA-256"):
-        restore_archive(archived.archive, archived.passphrase(), into, plaintext_sha256="0" * 64)
+        restore_archive(
+            archived.archive,
+            archived.passphrase(),
+            into,
+            run_id=archived.run_id,
+            plaintext_sha256="0" * 64,
+        )
     assert listing(into) == []
 
 
@@ -264,8 +335,259 @@ def test_a_damaged_archive_leaves_nothing(
 
 def test_the_wrong_key_is_an_integrity_error(archived: ArchivedRun, tmp_path: Path) -> None:
     with pytest.raises(RestoreIntegrityError, match="integrity check"):
-        restore_archive(archived.archive, b"0" * 64, tmp_path / "out")
+        restore_archive(archived.archive, b"0" * 64, tmp_path / "out", run_id=archived.run_id)
     assert listing(tmp_path / "out") == []
+
+
+# -- the README's stock-tools recipe ----------------------------------------------------
+
+
+def readme_restore_script() -> str:
+    """The ``sh`` block of the README's "Keys and restoring" section that restores
+    with stock tools."""
+    section = re.search(r"^## Keys and restoring$(.*?)^## ", README.read_text(), re.S | re.M)
+    assert section, "README.md has no '## Keys and restoring' section"
+    blocks = re.findall(r"^```sh\n(.*?)^```", section.group(1), re.S | re.M)
+    scripts = [block for block in blocks if "gpg" in block and "tar -x" in block]
+    assert len(scripts) == 1, blocks
+    return scripts[0]
+
+
+def run_readme_script(
+    run_id: str, archive: Path, key: Path, into: Path, home: GnupgHome
+) -> subprocess.CompletedProcess[str]:
+    """The README's script, verbatim but for its first line (the names to set)."""
+    first, rest = readme_restore_script().split("\n", 1)
+    assert first.startswith("RUN=") and "DIR=" in first, first
+    names = " ".join(
+        f"{name}={shlex.quote(str(value))}"
+        for name, value in (("RUN", run_id), ("ARCHIVE", archive), ("KEY", key), ("DIR", into))
+    )
+    script = into.parent / "restore-run.sh"
+    script.write_text(f"{names}\n{rest}")
+    return subprocess.run(
+        ["bash", str(script)], env=home.env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_readme_script_restores_a_good_archive(archived: ArchivedRun, tmp_path: Path) -> None:
+    into = tmp_path / "stock"
+    into.mkdir()
+    done = run_readme_script(archived.run_id, archived.archive, archived.key, into, archived.home)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(into) == [archived.run_id]  # no work folder left
+    assert tree(into / archived.run_id) == tree(archived.source)
+    again = run_readme_script(archived.run_id, archived.archive, archived.key, into, archived.home)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert os.listdir(into) == [archived.run_id]
+    assert tree(into / archived.run_id) == tree(archived.source)
+
+
+@pytest.mark.parametrize("damage", ["flip_middle", "flip_last"])
+def test_the_readme_script_extracts_nothing_from_a_tampered_archive(
+    archived: ArchivedRun, tmp_path: Path, damage: str
+) -> None:
+    """tar extracts all of it before gpg reports the bad MDC: the script must see gpg
+    fail and drop what tar wrote."""
+    data = bytearray(archived.archive.read_bytes())
+    data[len(data) // 2 if damage == "flip_middle" else -3] ^= 0x01
+    tampered = tmp_path / "tampered.tar.gpg"
+    tampered.write_bytes(bytes(data))
+    into = tmp_path / "stock"
+    into.mkdir()
+    done = run_readme_script(archived.run_id, tampered, archived.key, into, archived.home)
+    assert done.returncode == 1, done.stderr
+    assert f"{archived.run_id} NOT restored" in done.stderr
+    assert listing(into) == []
+
+
+# -- archives made by the original tool (dataflow_archive) -----------------------------
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """A keyring and a run folder to archive the original tool's way."""
+
+    home: GnupgHome
+    source: Path
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legacy]:
+    base = tmp_path_factory.mktemp("legacy")
+    home = make_gnupg_home(base)
+    source = build_run_folder(base / "runs", RUN_ID, small_files=20, big_files=1, big_size=1 << 16)
+    try:
+        yield Legacy(home, source.path)
+    finally:
+        stop_gpg_agent(home)
+
+
+@pytest.mark.parametrize("shape", LEGACY_KEYS)
+def test_restores_archives_made_by_the_original_tool(
+    legacy: Legacy, tmp_path: Path, shape: str
+) -> None:
+    made = make_legacy_archive(tmp_path / "made", legacy.home, legacy.source, LEGACY_KEYS[shape])
+    key = keys.unwrap_key(made.key, gnupg_home=legacy.home.home)
+    assert key == LEGACY_KEYS[shape]  # all 256 bytes; gpg used only a prefix
+    into = tmp_path / "into"
+    result = restore_archive(made.archive, key, into, run_id=RUN_ID)
+    assert result.restored == (into / RUN_ID,)
+    assert tree(into / RUN_ID) == tree(legacy.source)
+
+
+def test_restores_a_compressed_archive_of_the_original_tool(legacy: Legacy, tmp_path: Path) -> None:
+    key = LEGACY_KEYS["newline_at_3"]
+    made = make_legacy_archive(tmp_path / "made", legacy.home, legacy.source, key, compress=True)
+    result = restore_archive(made.archive, key, tmp_path / "into", run_id=RUN_ID)
+    assert tree(tmp_path / "into" / RUN_ID) == tree(legacy.source)
+    assert result.members > 20
+
+
+def test_cli_and_the_readme_script_restore_an_original_archive(
+    legacy: Legacy, tmp_path: Path, no_config: None, capsys, monkeypatch
+) -> None:
+    made = make_legacy_archive(
+        tmp_path / "made", legacy.home, legacy.source, LEGACY_KEYS["nul_at_2"]
+    )
+    monkeypatch.setenv("GNUPGHOME", legacy.home.home)
+    code, out, err = run_cli(
+        capsys,
+        "restore", RUN_ID, "--to", str(tmp_path / "cli"),
+        "--archive", str(made.archive), "--key", str(made.key),
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"restored {tmp_path / 'cli' / RUN_ID}" in out
+    assert tree(tmp_path / "cli" / RUN_ID) == tree(legacy.source)
+    into = tmp_path / "stock"
+    into.mkdir()
+    done = run_readme_script(RUN_ID, made.archive, made.key, into, legacy.home)
+    assert done.returncode == 0, done.stderr
+    assert tree(into / RUN_ID) == tree(legacy.source)
+
+
+# -- key files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["store", "symmetric", "signed"])
+def test_a_key_file_not_encrypted_to_a_public_key_is_refused(
+    legacy: Legacy, tmp_path: Path, kind: str, no_config: None, capsys, monkeypatch
+) -> None:
+    """``gpg --store`` (a literal packet, no encryption at all), ``--symmetric`` and
+    ``--sign`` output all "decrypt" to the passphrase, but none is a run key file."""
+    passphrase = keys.new_run_key()
+    plaintext = tar_of(entry("run/ok.txt", data=b"fine\n"))
+    archive = tmp_path / "run.tar.gpg"
+    archive.write_bytes(encrypt_bytes(plaintext, passphrase, s2k_count_byte=0))
+    (tmp_path / "run.key").write_bytes(passphrase)
+    key = tmp_path / "run.key.gpg"
+    how = {"store": ["--store"], "symmetric": ["--passphrase", "x", "--symmetric"],
+           "signed": ["--sign"]}[kind]  # fmt: skip
+    legacy.home.gpg("--output", str(key), *how, str(tmp_path / "run.key"))
+    message = f"key file {key} is not a message encrypted to a public key"
+    with pytest.raises(KeyFileError, match=re.escape(message)):
+        keys.unwrap_key(key, gnupg_home=legacy.home.home)
+    monkeypatch.setenv("GNUPGHOME", legacy.home.home)
+    into = tmp_path / "into"
+    code, out, err = run_cli(
+        capsys, "restore", "run", "--to", str(into), "--archive", str(archive), "--key", str(key)
+    )
+    assert (code, out) == (1, ""), err
+    assert "restore failed, nothing restored" in err and message in err
+    assert not into.exists()
+
+
+# -- work folders ----------------------------------------------------------------------
+
+
+def small_archive(tmp_path: Path, run_id: str, passphrase: bytes) -> Path:
+    archive = tmp_path / "archives" / f"{run_id}.tar.gpg"
+    archive.parent.mkdir(exist_ok=True)
+    plaintext = tar_of(
+        entry(run_id, tarfile.DIRTYPE, mode=0o755), entry(f"{run_id}/data", data=b"x" * 100_000)
+    )
+    archive.write_bytes(encrypt_bytes(plaintext, passphrase, s2k_count_byte=0))
+    return archive
+
+
+def work_folders(into: Path) -> list[Path]:
+    return sorted(into.glob(f"{TEMP_PREFIX}*"))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+RESTORE_FROM_STDIN = """
+import sys
+from pathlib import Path
+from dfarchive.restore import restore_archive
+archive, into, run_id = sys.argv[1:]
+restore_archive(Path(archive), sys.stdin.buffer.read(), Path(into), run_id=run_id)
+"""
+
+
+def test_a_killed_restores_work_folder_is_removed_by_the_next_restore(tmp_path: Path) -> None:
+    passphrase = keys.new_run_key()
+    fifo = tmp_path / "slow.tar.gpg"
+    os.mkfifo(fifo)
+    into = tmp_path / "into"
+    into.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", RESTORE_FROM_STDIN, str(fifo), str(into), "killed"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert child.stdin is not None
+        child.stdin.write(passphrase)
+        child.stdin.close()
+        with open(fifo, "wb") as writer:  # the child now holds a locked work folder
+            writer.write(small_archive(tmp_path, "killed", passphrase).read_bytes()[:1000])
+            writer.flush()
+            wait_for(lambda: [p for p in work_folders(into) if (p / "tree").is_dir()],
+                     "the work folder")  # fmt: skip
+            child.kill()
+            child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    [stale] = work_folders(into)
+    restore_archive(small_archive(tmp_path, "next", passphrase), passphrase, into, run_id="next")
+    assert sorted(os.listdir(into)) == ["next"]
+    assert not stale.exists()
+
+
+def test_a_running_restores_work_folder_is_left_alone(tmp_path: Path) -> None:
+    passphrase = keys.new_run_key()
+    fifo = tmp_path / "slow.tar.gpg"
+    os.mkfifo(fifo)
+    into = tmp_path / "into"
+    outcome: list[BaseException | None] = []
+
+    def slow_restore() -> None:
+        try:
+            restore_archive(fifo, passphrase, into, run_id="slow")
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    slow = threading.Thread(target=slow_restore)
+    slow.start()
+    with open(fifo, "wb") as writer:
+        wait_for(lambda: into.is_dir() and len(work_folders(into)) == 1, "the work folder")
+        [working] = work_folders(into)
+        wait_for(lambda: (working / "tree").is_dir(), "the locked work folder")
+        restore_archive(small_archive(tmp_path, "fast", passphrase), passphrase, into,
+                        run_id="fast")  # fmt: skip
+        assert work_folders(into) == [working]
+        writer.write(small_archive(tmp_path, "slow", passphrase).read_bytes())
+    slow.join(timeout=60)
+    assert outcome == [None]
+    assert sorted(os.listdir(into)) == ["fast", "slow"]
+    assert (into / "slow" / "data").read_bytes() == b"x" * 100_000
 
 
 # -- crafted, hostile archives --------------------------------------------------------------
@@ -354,6 +676,8 @@ def hostile_cases(outside: Path) -> dict[str, tuple[list, str]]:
             "run/hard",
         ),
         "device": ([ok, entry("run/null", tarfile.CHRTYPE)], "run/null"),
+        "beside_run_after": ([ok, entry("evil_top", data=b"x")], "evil_top"),
+        "beside_run_before": ([entry("evil_top", data=b"x"), ok], "evil_top"),
     }  # fmt: skip
 
 
@@ -368,6 +692,8 @@ CASES = [
     "hardlink_absolute",
     "hardlink_through_symlink",
     "device",
+    "beside_run_after",
+    "beside_run_before",
 ]
 
 
@@ -402,6 +728,30 @@ def test_restore_refuses_hostile_members(
     assert listing(tmp_path) == sorted([*before, "into"])  # nothing written anywhere else
 
 
+def test_a_nul_byte_in_a_pax_path_is_a_clear_refusal(
+    craft, tmp_path: Path, capsys, monkeypatch, archived: ArchivedRun, no_config: None
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, data = entry("run/innocent", data=b"x")
+        info.pax_headers = {"path": "run/a\x00b"}
+        tar.addfile(info, io.BytesIO(data or b""))
+    crafted = craft(buffer.getvalue())
+    monkeypatch.setenv("GNUPGHOME", archived.home.home)
+    into = tmp_path / "into"
+    code, out, err = run_cli(
+        capsys,
+        "restore", "run", "--to", str(into),
+        "--archive", str(crafted.archive), "--key", str(crafted.key),
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "dfarchive: restore failed, nothing restored: refusing archive member "
+        "'run/a\\x00b': a NUL byte in the name\n"
+    )
+    assert listing(into) == []
+
+
 def test_a_later_member_replaces_a_symlink_instead_of_writing_through_it(
     craft, outside: Path, tmp_path: Path, archived: ArchivedRun
 ) -> None:
@@ -412,7 +762,7 @@ def test_a_later_member_replaces_a_symlink_instead_of_writing_through_it(
         )
     )
     passphrase = keys.unwrap_key(crafted.key, gnupg_home=archived.home.home)
-    restore_archive(crafted.archive, passphrase, tmp_path / "into")
+    restore_archive(crafted.archive, passphrase, tmp_path / "into", run_id="run")
     restored = tmp_path / "into" / "run" / "a"
     assert not restored.is_symlink() and restored.read_bytes() == b"inside\n"
     assert stat.S_IMODE(restored.stat().st_mode) == 0o600
@@ -431,7 +781,7 @@ def test_a_symlink_pointing_outside_is_restored_as_a_link(
         )
     )
     passphrase = keys.unwrap_key(crafted.key, gnupg_home=archived.home.home)
-    restore_archive(crafted.archive, passphrase, tmp_path / "into")
+    restore_archive(crafted.archive, passphrase, tmp_path / "into", run_id="run")
     run = tmp_path / "into" / "run"
     assert os.readlink(run / "abs") == str(outside)
     assert os.readlink(run / "rel") == "../../outside/nothing"
@@ -475,12 +825,11 @@ def test_safe_extractor_without_crypto(tmp_path: Path) -> None:
         entry("run/pipe", tarfile.FIFOTYPE, mode=0o640),
         entry("run/implicit/file.txt", data=b"data", mode=0o400),
     )
-    extractor = SafeExtractor(tmp_path, preserve_owner=False)
+    extractor = SafeExtractor(tmp_path, run_id="run", preserve_owner=False)
     assert extract_stream(io.BytesIO(plaintext), extractor) == 3
     extractor.apply_directory_attributes()
     assert stat.S_ISFIFO(os.lstat(tmp_path / "run" / "pipe").st_mode)
     assert (tmp_path / "run" / "implicit" / "file.txt").read_bytes() == b"data"
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o555
-    assert extractor.top_level == [b"run"]
     (tmp_path / "run").chmod(0o755)
     shutil.rmtree(tmp_path / "run")

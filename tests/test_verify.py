@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,22 @@ import pytest
 
 from dfarchive import keys
 from dfarchive.errors import ToolError
+from dfarchive.keys import gpg_passphrase
+from dfarchive.openpgp import decrypt_bytes
+from dfarchive.store import SqliteStore
+from dfarchive.tarindex import TarIndex
 from dfarchive.verify import NotVerifiable, archive_record, verify_run
-from tests.test_restore import ArchivedRun, make_archived_run, make_gnupg_home, stop_gpg_agent
+from tests.test_cli_dfarchive import add_run, write_config
+from tests.test_restore import (
+    LEGACY_KEYS,
+    ArchivedRun,
+    make_archived_run,
+    make_gnupg_home,
+    make_legacy_archive,
+    run_cli,
+    stop_gpg_agent,
+    tree,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +115,27 @@ def test_missing_files_are_problems(archived: ArchivedRun, tmp_path: Path) -> No
     assert f"SHA-256 {archived.record['sha256']}" in report.passed  # still checked
 
 
-def test_a_key_that_does_not_unwrap_is_an_error(archived: ArchivedRun, tmp_path: Path) -> None:
+def test_a_key_without_its_private_key_is_an_error(archived: ArchivedRun, tmp_path: Path) -> None:
+    other = make_gnupg_home(tmp_path)
+    try:
+        recipient = keys.resolve_recipient(other.fingerprint, gnupg_home=other.home)
+        wrapped = tmp_path / "other.key.gpg"
+        wrapped.write_bytes(keys.wrap_key(keys.new_run_key(), recipient, gnupg_home=other.home))
+    finally:
+        stop_gpg_agent(other)
+    with pytest.raises(ToolError, match="No secret key"):
+        verify_run(
+            encrypted_doc(archived, key_file=str(wrapped)), deep=True, unwrap=unwrapper(archived)
+        )
+
+
+def test_a_key_file_that_is_not_openpgp_is_a_problem(archived: ArchivedRun, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.key.gpg"
     bogus.write_bytes(b"not an OpenPGP message")
-    with pytest.raises(ToolError):
-        verify_run(
-            encrypted_doc(archived, key_file=str(bogus)), deep=True, unwrap=unwrapper(archived)
-        )
+    report = verify_run(
+        encrypted_doc(archived, key_file=str(bogus)), deep=True, unwrap=unwrapper(archived)
+    )
+    assert [p for p in report.problems if f"key file {bogus} is not a message encrypted" in p]
 
 
 @pytest.mark.parametrize(
@@ -132,3 +161,109 @@ def test_archive_record_tolerates_missing_optional_fields() -> None:
     )
     assert (record.file, record.size, record.sha256) == (Path("/a"), 3, "ab")
     assert record.key_file is None and record.plaintext_sha256 is None
+
+
+# -- runs archived by the original tool (dataflow_archive) -------------------------------
+
+
+@pytest.fixture
+def store(
+    tmp_path: Path, archived: ArchivedRun, monkeypatch: pytest.MonkeyPatch, capsys
+) -> Iterator[SqliteStore]:
+    """A config (``$ARCHIVE_CONFIG``) with this module's keyring and a fresh SQLite store."""
+    monkeypatch.setenv("ARCHIVE_CONFIG", str(write_config(tmp_path, archived)))
+    code, _, err = run_cli(capsys, "init")
+    assert code == 0, err
+    with SqliteStore(str(tmp_path / "state" / "runs.sqlite3"), max_attempts=2) as opened:
+        yield opened
+
+
+def adopted_doc(run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"_id": run_id, "status": "encrypted", "archive": record}
+
+
+@pytest.mark.parametrize("shape", LEGACY_KEYS)
+def test_deep_verifies_archives_made_by_the_original_tool(
+    archived: ArchivedRun, tmp_path: Path, shape: str
+) -> None:
+    made = make_legacy_archive(tmp_path, archived.home, archived.source, LEGACY_KEYS[shape])
+    doc = adopted_doc(archived.run_id, made.adopted_record(archived.home))
+    assert verify_run(doc).ok
+    report = verify_run(doc, deep=True, unwrap=unwrapper(archived))
+    assert report.ok, report.problems
+    assert "decrypts; integrity code (MDC) correct" in report.passed
+
+
+def test_a_deeply_adopted_record_is_checked_in_full(archived: ArchivedRun, tmp_path: Path) -> None:
+    key = LEGACY_KEYS["nul_at_7"]
+    made = make_legacy_archive(tmp_path, archived.home, archived.source, key)
+    plaintext = decrypt_bytes(made.archive.read_bytes(), gpg_passphrase(key))
+    index = TarIndex()
+    index.feed(plaintext)
+    digest = hashlib.sha256(plaintext).hexdigest()
+    members = index.summary().members
+    record = made.adopted_record(
+        archived.home, plaintext_sha256=digest, plaintext_size=len(plaintext), members=members
+    )
+    report = verify_run(adopted_doc(archived.run_id, record), deep=True, unwrap=unwrapper(archived))
+    assert report.ok, report.problems
+    assert {f"plaintext SHA-256 {digest}", f"tar members {members}"} <= set(report.passed)
+    record["plaintext_sha256"] = "00" * 32
+    report = verify_run(adopted_doc(archived.run_id, record), deep=True, unwrap=unwrapper(archived))
+    assert report.problems == [f"plaintext SHA-256 is {digest}, the record says {'00' * 32}"]
+
+
+def test_a_key_file_that_is_not_a_run_key_is_a_deep_problem(
+    archived: ArchivedRun, tmp_path: Path
+) -> None:
+    stored = tmp_path / "stored.key.gpg"
+    (tmp_path / "plain.key").write_bytes(archived.passphrase())
+    archived.home.gpg("--output", str(stored), "--store", str(tmp_path / "plain.key"))
+    report = verify_run(
+        encrypted_doc(archived, key_file=str(stored)), deep=True, unwrap=unwrapper(archived)
+    )
+    assert report.problems == [
+        f"key file {stored} is not a message encrypted to a public key (a run key file "
+        "is written by gpg --encrypt -r RECIPIENT); refusing it"
+    ]
+    assert f"SHA-256 {archived.record['sha256']}" in report.passed  # still checked
+
+
+def test_runs_archived_by_the_original_tool_must_be_adopted_first(
+    store: SqliteStore, archived: ArchivedRun, tmp_path: Path, capsys
+) -> None:
+    add_run(store, "original_run", str(archived.source))
+    doc = store.get("original_run")
+    assert doc is not None
+    store._replace({**doc, "status": "encrypted"})  # as the original tool left it
+    into = tmp_path / "restored"
+    for argv in (
+        ["verify", "original_run"],
+        ["verify", "original_run", "--deep"],
+        ["restore", "original_run", "--to", str(into)],
+    ):
+        code, out, err = run_cli(capsys, *argv)
+        assert (code, out) == (1, ""), (argv, err)
+        assert "was archived by the original tool (dataflow_archive)" in err, argv
+        assert "must be adopted first: dfarchive adopt original_run" in err, argv
+    assert not into.exists()
+
+
+def test_an_adopted_run_verifies_and_restores_from_the_store(
+    store: SqliteStore, archived: ArchivedRun, tmp_path: Path, capsys
+) -> None:
+    made = make_legacy_archive(
+        tmp_path / "made", archived.home, archived.source, LEGACY_KEYS["newline_at_1"]
+    )
+    add_run(store, archived.run_id, str(archived.source))
+    claim = store.claim(archived.run_id, worker_id="host:3")
+    assert claim is not None
+    store.finish(claim, made.adopted_record(archived.home))
+    for deep in ([], ["--deep"]):
+        code, out, err = run_cli(capsys, "verify", archived.run_id, *deep)
+        assert code == 0, out + err
+    into = tmp_path / "restored"
+    code, out, err = run_cli(capsys, "restore", archived.run_id, "--to", str(into))
+    assert code == 0, err
+    assert "no recorded checksum to compare" in out
+    assert tree(into / archived.run_id) == tree(archived.source)

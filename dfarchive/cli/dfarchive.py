@@ -24,11 +24,12 @@
 ======================================  =============================================
 
 Every command takes ``-c/--config PATH`` (else ``$ARCHIVE_CONFIG``, else
-``~/conf/df_archive.yaml``). Exit codes: 0 ok; 1 a check failed (unknown run, run not
-in a state that allows the action, archive mismatch, restore refused or failed
-verification, a run ``adopt`` could not adopt); 2 usage, configuration or start-up
-error (one line on stderr), and for ``verify`` a run that has no archive to verify;
-130 interrupted.
+``~/conf/df_archive.yaml``). Exit codes (the README's table): 0 ok; 1 a check failed
+or the command refused (unknown run, run not in a state that allows the action or
+archived by the original tool and not adopted, archive mismatch, restore refused or
+failed verification, a key file that is not a run key, a run ``adopt`` could not
+adopt); 2 usage, configuration or start-up error (one line on stderr; e.g. the
+recipient's private key not in the keyring); 130 interrupted.
 
 ``status --json`` prints one JSON array of the run documents exactly as stored, in run
 id order. Each holds the original ``dataflow_archive`` fields: ``_id`` (string, the run
@@ -357,7 +358,7 @@ def _operator_transition(
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check the archive against its record: 0 ok, 1 mismatch, 2 nothing to verify."""
+    """Check the archive against its record: 0 ok, 1 mismatch or nothing to verify."""
     from ..verify import NotVerifiable, verify_run
 
     config = _load(args)
@@ -369,7 +370,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify_run(doc, deep=args.deep, unwrap=_unwrapper(config))
     except NotVerifiable as error:
         _say(f"nothing to verify: {error}")
-        return EXIT_USAGE
+        return EXIT_CHECK_FAILED
     for line in report.passed:
         print(f"ok        {line}")
     for line in report.problems:
@@ -426,11 +427,12 @@ def _restore_record(
             _say(f"note: {error}; checking the MDC only")
             return None, None
         _say(f"nothing to restore: {error}")
-        return None, EXIT_USAGE
+        return None, EXIT_CHECK_FAILED
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Unwrap the key, decrypt, verify and extract into ``--to``; 1 if refused/damaged."""
+    from ..errors import KeyFileError
     from ..restore import RestoreError, restore_archive
 
     config = _restore_config(args)
@@ -446,8 +448,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if not path.is_file():
             _say(f"{what} {path} does not exist")
             return EXIT_CHECK_FAILED
-    passphrase = _unwrapper(config)(key_file)
     try:
+        passphrase = _unwrapper(config)(key_file)
         result = restore_archive(
             archive,
             passphrase,
@@ -456,7 +458,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             plaintext_size=record.plaintext_size if record else None,
             plaintext_sha256=record.plaintext_sha256 if record else None,
         )
-    except (RestoreError, OSError) as error:
+    except (RestoreError, KeyFileError, OSError) as error:
         _say(f"restore failed, nothing restored: {error}")
         return EXIT_CHECK_FAILED
     checked = (

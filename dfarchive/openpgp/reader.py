@@ -1,7 +1,10 @@
 """Reading one OpenPGP symmetrically encrypted message (what our writer and gpg write).
 
 Outer packets: markers and public-key session keys are skipped, SKESK v4 packets give
-the candidate keys, then one SEIPD v1 packet must end the input. Inside: optional
+the candidate keys, then one SEIPD v1 packet must end the input. A message with a
+session-key packet over 64 KiB or of indeterminate length, more than 16 of them, or
+SKESKs asking for more S2K hashing than :data:`MAX_S2K_WORK` is refused (as gpg and
+Sequoia refuse the first; the others bound the work a hostile message can demand). Inside: optional
 compressed data (ZIP, ZLIB, BZip2) around one literal data packet, then the MDC packet.
 Unprotected (tag 9) and AEAD (tag 20) data are refused.
 """
@@ -39,6 +42,12 @@ that stay in the CPU caches between decryption, hashing and the sink read about 
 faster here than 4 MiB ones."""
 MAX_SESSION_PACKET = 1 << 16
 """Largest SKESK/PKESK/marker body accepted (real ones are well under 1 KiB)."""
+MAX_SESSION_PACKETS = 16
+"""Most SKESK/PKESK/marker packets accepted before the encrypted data (ours write one)."""
+MAX_S2K_WORK = 1 << 28
+"""Most octets all SKESKs of a message together may ask to hash (about 0.5 s of CPU):
+two of the costliest one can ask for an AES-256 key (count 65011712, two passes of
+SHA-1), checked before any key is derived."""
 PEEK_SIZE = 18
 """Ciphertext octets read before choosing a key: the largest prefix (16 + 2)."""
 
@@ -174,30 +183,55 @@ def decrypt_bytes(blob: bytes | bytearray | memoryview, passphrase: bytes) -> by
 
 
 def _read_session_keys(src: Buffered) -> tuple[p.PacketHeader, list[_SessionKey]]:
-    """Skip to the encrypted data packet; return its header and the SKESK candidates."""
+    """Skip to the encrypted data packet; return its header and the SKESK candidates.
+
+    Raises:
+        UnsupportedMessage: a session-key packet too long or of indeterminate length,
+            more than MAX_SESSION_PACKETS of them, or SKESKs asking for more than
+            MAX_S2K_WORK octets of S2K hashing (checked before any key is derived).
+    """
     candidates: list[_SessionKey] = []
     unsupported: UnsupportedMessage | None = None
-    seen_any = False
+    seen = 0
     while True:
         header = read_header(src)
         if header is None:
             raise IntegrityError(
-                "message truncated before the encrypted data" if seen_any else "empty input"
+                "message truncated before the encrypted data" if seen else "empty input"
             )
-        seen_any = True
         if header.tag == p.TAG_SEIPD:
             if not candidates:
                 raise unsupported or UnsupportedMessage("no passphrase-encrypted session key")
+            _check_s2k_work(candidates)
             return header, candidates
+        if header.tag not in (p.TAG_SKESK, p.TAG_PKESK, p.TAG_MARKER):
+            raise _unexpected_outer(header.tag)
+        seen += 1
+        if seen > MAX_SESSION_PACKETS:
+            raise UnsupportedMessage(
+                f"more than {MAX_SESSION_PACKETS} session key and marker packets before "
+                "the encrypted data; refusing the message"
+            )
+        body = read_small_body(src, header, MAX_SESSION_PACKET)
         if header.tag == p.TAG_SKESK:
             try:
-                candidates.append(_parse_skesk(read_small_body(src, header, MAX_SESSION_PACKET)))
+                candidates.append(_parse_skesk(body))
             except UnsupportedMessage as err:
                 unsupported = err
-        elif header.tag in (p.TAG_MARKER, p.TAG_PKESK):
-            read_small_body(src, header, MAX_SESSION_PACKET)
-        else:
-            raise _unexpected_outer(header.tag)
+
+
+def _check_s2k_work(candidates: list[_SessionKey]) -> None:
+    """Refuse a message whose SKESKs together ask for more than MAX_S2K_WORK octets."""
+    work = 0
+    for candidate in candidates:
+        spec = CIPHERS.get(candidate.cipher)
+        if spec is not None:  # unknown ciphers are skipped, never derived
+            work += candidate.s2k.work(spec.key_size)
+    if work > MAX_S2K_WORK:
+        raise UnsupportedMessage(
+            f"the session key packets ask for {work} octets of S2K hashing, more than "
+            f"the {MAX_S2K_WORK} allowed; refusing the message"
+        )
 
 
 def _unexpected_outer(tag: int) -> CryptoError:

@@ -26,6 +26,16 @@ HASH_NAMES = {
     p.HASH_SHA224: "sha224",
 }
 
+DIGEST_SIZES = {
+    p.HASH_MD5: 16,
+    p.HASH_SHA1: 20,
+    p.HASH_RIPEMD160: 20,
+    p.HASH_SHA256: 32,
+    p.HASH_SHA384: 48,
+    p.HASH_SHA512: 64,
+    p.HASH_SHA224: 28,
+}
+
 _FEED_SIZE = 1 << 20
 """Bytes handed to the hash per update while iterating (large: hashlib drops the GIL)."""
 
@@ -105,6 +115,15 @@ class S2K:
                 raise IntegrityError("truncated S2K specifier")
             return cls(s2k_type, hash_algo, data[2 : end - 1], data[end - 1]), data[end:]
         raise UnsupportedMessage(f"unsupported S2K type {s2k_type}")
+
+    def work(self, key_size: int) -> int:
+        """Octets :meth:`derive` hashes for a ``key_size``-byte key, beyond the
+        passphrase itself: the iteration count once per digest-sized part of the key
+        (0 for unknown hashes, which are never derived)."""
+        digest_size = DIGEST_SIZES.get(self.hash_algo)
+        if digest_size is None:
+            return 0
+        return -(-key_size // digest_size) * self.count
 
     def derive(self, passphrase: bytes, key_size: int) -> bytes:
         """The ``key_size``-byte key for ``passphrase`` (RFC 4880 3.7.1).

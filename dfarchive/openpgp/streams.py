@@ -145,11 +145,22 @@ def read_new_length(src: Buffered) -> tuple[int, bool]:
 
 
 def read_small_body(src: Buffered, header: p.PacketHeader, limit: int) -> bytes:
-    """The body of a non-data packet (SKESK, marker, ...), at most ``limit`` bytes."""
+    """The body of a non-data packet (SKESK, marker, ...), at most ``limit`` bytes.
+
+    Raises:
+        UnsupportedMessage: the body has an indeterminate length or is over ``limit``
+            (the message is refused: its end can't be found safely).
+    """
     if header.length is None:
-        raise UnsupportedMessage(f"packet tag {header.tag} with indeterminate length")
+        raise UnsupportedMessage(
+            f"packet tag {header.tag} before the encrypted data has an indeterminate "
+            "length; refusing the message"
+        )
     if header.length > limit:
-        raise UnsupportedMessage(f"packet tag {header.tag} is too long ({header.length} bytes)")
+        raise UnsupportedMessage(
+            f"packet tag {header.tag} before the encrypted data is {header.length} bytes, "
+            f"over the {limit}-byte limit; refusing the message"
+        )
     return src.read_exact(header.length, f"packet tag {header.tag}")
 
 

@@ -1,7 +1,8 @@
 """``restore`` against crafted hostile archives: shapes ``tests/test_restore.py`` does
 not cover (GNU long names and long link targets, pax path records, link chains, a
-top-level link, a file used as a directory). Each is encrypted with dfarchive's OpenPGP
-writer like a real archive; a refused restore leaves nothing, inside or outside."""
+top-level link, a file used as a directory, entries beside the run folder, NUL bytes in
+pax names). Each is encrypted with dfarchive's OpenPGP writer like a real archive; a
+refused restore leaves nothing, inside or outside."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dfarchive.openpgp import encrypt_bytes
-from dfarchive.restore import UnsafeMember, restore_archive
+from dfarchive.restore import RestoreError, UnsafeMember, restore_archive
 
 PASSPHRASE = b"0123456789abcdef" * 4
 LONG = "long_directory_name_" * 6  # 120 characters: GNU 'L'/'K' headers, pax records
@@ -65,8 +66,31 @@ def hostile(outside: Path) -> dict[str, tuple[list, int, str]]:
             pax, "run/hard",
         ),
         "top-level symlink then a member through it": (
-            [member("run", tarfile.SYMTYPE, link=str(outside)), member("run/evil")], gnu,
-            "run/evil",
+            [member("run", tarfile.SYMTYPE, link=str(outside)), member("run/evil")], gnu, "run",
+        ),
+        "the run folder as a file": ([member("run")], gnu, "run"),
+        "an entry beside the run folder, after it": (
+            [ok, member("run/more"), member("evil_top")], gnu, "evil_top",
+        ),
+        "an entry beside the run folder, before it": (
+            [member("evil_top"), ok], gnu, "evil_top",
+        ),
+        "a directory beside the run folder": (
+            [ok, member("other", tarfile.DIRTYPE), member("other/x")], gnu, "other",
+        ),
+        "a dot-slash entry beside the run folder": (
+            [ok, member("./evil_top")], gnu, "./evil_top",
+        ),
+        "pax path with a NUL byte": (
+            [ok, member("run/innocent", pax={"path": "run/a\x00b"})], pax, "run/a\x00b",
+        ),
+        "pax link target with a NUL byte": (
+            [ok, member("run/l", tarfile.SYMTYPE, link="x", pax={"linkpath": "t\x00u"})], pax,
+            "run/l",
+        ),
+        "pax hard-link target with a NUL byte": (
+            [ok, member("run/h", tarfile.LNKTYPE, link="x", pax={"linkpath": "run/ok\x00.txt"})],
+            pax, "run/h",
         ),
         "symlink chain": (
             [ok, member("run/a", tarfile.SYMTYPE, link="b"),
@@ -108,7 +132,7 @@ def test_hostile_shapes_are_refused_and_leave_nothing(case: str, tmp_path: Path)
     before = listing(tmp_path)
     into = tmp_path / "into"
     with pytest.raises(UnsafeMember) as caught:
-        restore_archive(archive, PASSPHRASE, into)
+        restore_archive(archive, PASSPHRASE, into, run_id="run")
     assert caught.value.name == refused
     assert listing(outside) == ["target"]
     assert (outside / "target").read_text() == "outside file\n"
@@ -117,11 +141,21 @@ def test_hostile_shapes_are_refused_and_leave_nothing(case: str, tmp_path: Path)
 
 
 def test_backslashes_are_name_characters_not_separators(tmp_path: Path) -> None:
-    name = "run\\..\\..\\evil"
+    name = "a\\..\\..\\evil"
     archive = tmp_path / "crafted.tar.gpg"
-    plaintext = tar_of([member(name, data=b"literal\n")], format=tarfile.GNU_FORMAT)
+    plaintext = tar_of([member(f"run/{name}", data=b"literal\n")], format=tarfile.GNU_FORMAT)
     archive.write_bytes(encrypt_bytes(plaintext, PASSPHRASE))
-    result = restore_archive(archive, PASSPHRASE, tmp_path / "into")
+    result = restore_archive(archive, PASSPHRASE, tmp_path / "into", run_id="run")
     assert result.members == 1
-    assert os.listdir(tmp_path / "into") == [name]
-    assert (tmp_path / "into" / name).read_bytes() == b"literal\n"
+    assert os.listdir(tmp_path / "into") == ["run"]
+    assert os.listdir(tmp_path / "into" / "run") == [name]
+    assert (tmp_path / "into" / "run" / name).read_bytes() == b"literal\n"
+
+
+@pytest.mark.parametrize("members", [[], [member(".", tarfile.DIRTYPE)]], ids=["empty", "dot"])
+def test_an_archive_without_the_run_folder_restores_nothing(members: list, tmp_path: Path) -> None:
+    archive = tmp_path / "crafted.tar.gpg"
+    archive.write_bytes(encrypt_bytes(tar_of(members, format=tarfile.GNU_FORMAT), PASSPHRASE))
+    with pytest.raises(RestoreError, match=r"crafted\.tar\.gpg: holds nothing under run/"):
+        restore_archive(archive, PASSPHRASE, tmp_path / "into", run_id="run")
+    assert listing(tmp_path / "into") == []
