@@ -252,3 +252,13 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_2(command, case, tmp_pat
     assert str(path) in lines[0]
     assert render(expected, tmp_path, dirs) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_validate_is_overlapped_by_default_or_after_and_reaches_the_pipeline(tmp_path, dirs):
+    default = load_config(write(tmp_path, minimal(dirs)), environ={})
+    assert default.validate == "overlapped"
+    after = load_config(write(tmp_path, minimal(dirs) + "    validate: after\n"), environ={})
+    assert ArchiveSettings.from_config(after).validate == "after"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, minimal(dirs) + "    validate: later\n"), environ={})
+    assert "validate: expected one of overlapped, after; got 'later'" in str(caught.value)
