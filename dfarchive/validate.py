@@ -138,7 +138,10 @@ class TrailingValidation:
     ``writer_fd``), it reads the archive as ``written`` says it was written, decrypting
     and hashing it; :meth:`finish` then makes the checks against what the writer
     reports. If the reading fails, it sets ``stop`` (the writer's cancel event: the
-    writer stops) and :meth:`finish` or :meth:`raise_error` raise its error. Use as a
+    writer stops) and :meth:`finish` or :meth:`raise_error` raise its error; if the
+    writer fails (``written`` is failed), the reader ends with Cancelled and leaves
+    ``stop`` alone, so that the writer raises its own error (e.g. ``ENOSPC``), not
+    Cancelled. Use as a
     context manager around the writing: leaving the block stops the reader (setting
     ``stop`` and failing ``written``) unless it finished, and waits for it.
 
@@ -190,9 +193,10 @@ class TrailingValidation:
             self._found = _read_back(
                 self._fd, passphrase, method, self.where, self._stop, progress, self._written
             )
-        except BaseException as error:  # handed to finish(); the writer stops
+        except BaseException as error:  # handed to finish()
             self._error = error
-            self._stop.set()
+            if not isinstance(error, Cancelled):  # a failed writer raises its own error
+                self._stop.set()  # the writer stops
 
     def raise_error(self) -> None:
         """Raise the reader's error, if it failed (other than by being stopped)."""

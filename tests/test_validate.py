@@ -225,16 +225,18 @@ def validate_while_writing(
     direct: bool = True,
     piece: int = 100_000,
     stop: threading.Event | None = None,
+    fail_at: int | None = None,
 ) -> str:
     """Write ``data`` to ``dest`` piece by piece on a thread, publishing each piece to a
-    WriteProgress, while a TrailingValidation reads it back; its finish(expected)."""
+    WriteProgress, while a TrailingValidation reads it back; its finish(expected). The
+    writer fails at offset ``fail_at``, or when ``stop`` is set."""
     written = WriteProgress()
     stop = stop or threading.Event()
     fd = open_direct(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, direct=False)
 
     def write() -> None:
         for start in range(0, len(data), piece):
-            if stop.is_set():
+            if stop.is_set() or start == fail_at:
                 return written.fail()
             os.write(fd, data[start : start + piece])
             written.advance(len(data[start : start + piece]))
@@ -309,3 +311,15 @@ def test_the_trailing_reader_must_open_the_file_being_written(archive, tmp_path)
             TrailingValidation(path, fd, KEY, WriteProgress(), stop=threading.Event())
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+def test_a_writer_failure_does_not_stop_the_writer_in_the_readers_name(archive, tmp_path, method):
+    """The writer raises its own error (ENOSPC, say): the reader must not set stop, or
+    the writer could see "cancelled" before its own error."""
+    path, result = archive
+    stop = threading.Event()
+    data = path.read_bytes()
+    with pytest.raises(Cancelled, match="writer stopped"):
+        validate_while_writing(data, tmp_path / "out", result, method=method, stop=stop, fail_at=0)
+    assert not stop.is_set()
