@@ -195,6 +195,31 @@ class Child:
                 return
 
 
+class LinkedEvent(threading.Event):
+    """A stop for one part of a job that also reads as set when the job's ``parent``
+    cancel is: either side of overlapped work sets it to stop the other. (:meth:`wait`
+    sees the parent within ``POLL_SECONDS``.)
+    """
+
+    def __init__(self, parent: threading.Event | None) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._parent is not None and self._parent.is_set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            step = (
+                POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
+            )
+            if step <= 0:
+                return False
+            super().wait(step)
+        return True
+
+
 def check_cancel(cancel: threading.Event | None) -> None:
     """Raise Cancelled if ``cancel`` is set."""
     if cancel is not None and cancel.is_set():

@@ -31,6 +31,7 @@ DEFAULT_STATE_FILE = "~/.local/state/dfarchive/runs.sqlite3"
 
 ENGINES = ("inprocess", "gpg")
 VALIDATORS = ("inprocess", "gpg")
+VALIDATE_MODES = ("overlapped", "after")
 AUTH_METHODS = ("basic", "session")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 
@@ -64,6 +65,7 @@ class Config:
     broker_url: str | None = field(default=None, repr=False)
     engine: str = "inprocess"
     validate_with: str = "inprocess"
+    validate: str = "overlapped"
     validate_from_device: bool = False
     direct_io: bool = True
     max_attempts: int = 3
@@ -89,6 +91,7 @@ TOP_KEYS = (
     "broker_url",
     "engine",
     "validate_with",
+    "validate",
     "validate_from_device",
     "direct_io",
     "max_attempts",
@@ -163,6 +166,7 @@ def parse_config(
         broker_url=reader.broker_url(raw),
         engine=reader.choice(raw, "engine", ENGINES, default="inprocess"),
         validate_with=reader.choice(raw, "validate_with", VALIDATORS, default="inprocess"),
+        validate=reader.choice(raw, "validate", VALIDATE_MODES, default="overlapped"),
         validate_from_device=reader.boolean(raw, "validate_from_device", default=False),
         direct_io=reader.boolean(raw, "direct_io", default=True),
         max_attempts=reader.integer(raw, "max_attempts", default=3, minimum=1),

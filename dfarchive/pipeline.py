@@ -1,7 +1,8 @@
 """Archive one run folder end to end.
 
-pre-flight (stamping the folder's entries) → tar + encrypt to ``<run>.tar.gpg.partial``
-→ fsync → validate (decrypt, MDC, length, tar headers) → wrap the run key to the
+pre-flight (stamping the folder's entries) → tar + encrypt to ``<run>.tar.gpg.partial``,
+validated (decrypt, MDC, length, tar headers) by a reader trailing the writer → fsync →
+the validation's last checks → wrap the run key to the
 recipient into ``<run>.key.gpg.partial`` → last checks that we may publish (the archive
 holds exactly the folder's entries, the folder is as tar saw it, the claim is still
 ours) → rename the key into place, fsync its directory → rename the archive into place,
@@ -11,6 +12,12 @@ Any failure or cancellation removes every partial file; a file under its final n
 is always complete and validated, and an archive under its final name always has its
 key beside it (the key is published first, durably). The run key exists only in this
 process's memory and in the pipes to tar/gpg children; the source folder is only read.
+
+With ``validate: after`` (or ``validate_from_device``, which reads cold media), the
+archive is validated only once it is written and fsynced, as one more step. Either
+way the same checks are made and the same record is returned: overlapping changes only
+when the archive is read back. Progress is one figure for the whole run: the mean of
+the plaintext bytes written and the plaintext bytes validated.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .childproc import LinkedEvent
 from .config import Config
-from .engines import get_engine
+from .engines import EncryptResult, Engine, get_engine
 from .errors import Cancelled, OutOfSpace, PreflightError
 from .folderstamps import Stamps, check_unchanged, stamp_folder
 from .keys import Recipient, new_run_key, wrap_key
 from .publish import PartialFile, fsync_directory
-from .validate import validate_archive
+from .validate import TrailingValidation, validate_archive
+from .writeprogress import WriteProgress
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,7 @@ class ArchiveSettings:
     tar_exclusions: tuple[str, ...] = ()
     engine: str = "inprocess"
     validate_with: str = "inprocess"
+    validate: str = "overlapped"
     validate_from_device: bool = False
     direct_io: bool = True
     gnupg_home: Path | None = None
@@ -73,6 +83,7 @@ class ArchiveSettings:
             tar_exclusions=config.tar_exclusions,
             engine=config.engine,
             validate_with=config.validate_with,
+            validate=config.validate,
             validate_from_device=config.validate_from_device,
             direct_io=config.direct_io,
             gnupg_home=config.gnupg_home,
@@ -134,18 +145,34 @@ def preflight(run_path: Path, settings: ArchiveSettings) -> tuple[Stamps, int]:
     return stamps, estimate
 
 
-def _with_total(progress: Progress | None, total: int) -> Callable[[int], None] | None:
-    """The engine's progress callback: ``progress(done, total)``, the estimate as total
-    until ``done`` passes it. Not throttled again: the engine throttles its reports,
-    and its last one (all of tar's bytes) must arrive."""
-    if progress is None:
-        return None
-    report = progress
+class RunProgress:
+    """One progress figure for a run: the mean of the plaintext bytes written (the
+    engine's reports) and validated, out of the estimated total (or more once passed).
 
-    def engine_progress(done: int) -> None:
-        report(done, max(total, done))
+    Both sides report from their own threads; reports go out one at a time, and each
+    side's last one (every byte) always does.
+    """
 
-    return engine_progress
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self._progress = progress
+        self._total = total
+        self._written = self._validated = 0
+        self._lock = threading.Lock()
+
+    def written(self, done: int) -> None:
+        with self._lock:
+            self._written = done
+            self._report()
+
+    def validated(self, done: int) -> None:
+        with self._lock:
+            self._validated = done
+            self._report()
+
+    def _report(self) -> None:
+        if self._progress is not None:
+            done = (self._written + self._validated) // 2
+            self._progress(done, max(self._total, self._written))
 
 
 def archive_run(
@@ -162,7 +189,10 @@ def archive_run(
 
     Parameters:
       progress: called with (plaintext bytes done, estimated total) on the first chunk,
-        about once a second, and once more when tar's output ended (every byte counted).
+        about once a second, once more when tar's output ended, and once when
+        validation ended (every byte counted); "done" is the mean of the bytes written
+        and validated (:class:`RunProgress`), from the engine's and the validation's
+        threads in turn.
       cancel: when set, children are stopped, partial files removed, Cancelled raised.
       before_publish: last check before the renames (e.g. "do we still hold the
         claim?"); raising from it aborts and cleans up like any other failure.
@@ -177,32 +207,13 @@ def archive_run(
     passphrase = new_run_key()
     archive = PartialFile(archive_path(settings, run_id), ARCHIVE_MODE)
     key = PartialFile(key_path(settings, run_id), KEY_MODE)
+    run_progress = RunProgress(progress, estimate)
+    write_and_validate = _overlapped if overlaps(settings) else _one_after_the_other
     with archive, key:
-        result = engine.encrypt(
-            run_path,
-            archive.open(direct=settings.direct_io),
-            passphrase,
-            exclusions=settings.tar_exclusions,
-            progress=_with_total(progress, estimate),
-            cancel=cancel,
+        result, archive_sha256 = write_and_validate(
+            run_id, run_path, settings, engine, archive, passphrase, run_progress, cancel
         )
-        archive.sync()
-        _check(cancel)
-        log.info(
-            "[%s] wrote %s bytes in %.0f s; validating",
-            run_id,
-            result.archive_size,
-            result.seconds,
-        )
-        archive_sha256 = validate_archive(
-            archive.path,
-            passphrase,
-            result,
-            method=settings.validate_with,
-            from_device=settings.validate_from_device,
-            direct=settings.direct_io,
-            cancel=cancel,
-        )
+        run_progress.validated(result.plaintext_size)
         _check(cancel)
         key.open()
         key.write_all(
@@ -243,6 +254,101 @@ def archive_run(
         "host": socket.gethostname(),
         "seconds": round(seconds, 3),
     }
+
+
+def overlaps(settings: ArchiveSettings) -> bool:
+    """Whether validation trails the writer (``validate: overlapped``) rather than
+    following it; ``validate_from_device`` always follows (it reads cold media)."""
+    return settings.validate == "overlapped" and not settings.validate_from_device
+
+
+def _one_after_the_other(
+    run_id: str,
+    run_path: Path,
+    settings: ArchiveSettings,
+    engine: Engine,
+    archive: PartialFile,
+    passphrase: bytes,
+    progress: RunProgress,
+    cancel: threading.Event | None,
+) -> tuple[EncryptResult, str]:
+    """Write the archive, fsync it, then validate it; the result and its SHA-256."""
+    result = engine.encrypt(
+        run_path,
+        archive.open(direct=settings.direct_io),
+        passphrase,
+        exclusions=settings.tar_exclusions,
+        progress=progress.written,
+        cancel=cancel,
+    )
+    archive.sync()
+    _check(cancel)
+    log.info(
+        "[%s] wrote %s bytes in %.0f s; validating",
+        run_id,
+        result.archive_size,
+        result.seconds,
+    )
+    archive_sha256 = validate_archive(
+        archive.path,
+        passphrase,
+        result,
+        method=settings.validate_with,
+        from_device=settings.validate_from_device,
+        direct=settings.direct_io,
+        cancel=cancel,
+        progress=progress.validated,
+    )
+    return result, archive_sha256
+
+
+def _overlapped(
+    run_id: str,
+    run_path: Path,
+    settings: ArchiveSettings,
+    engine: Engine,
+    archive: PartialFile,
+    passphrase: bytes,
+    progress: RunProgress,
+    cancel: threading.Event | None,
+) -> tuple[EncryptResult, str]:
+    """Write the archive while a reader trailing the writer validates it; fsync it;
+    return the result and its SHA-256. A failure of either side stops the other."""
+    out_fd = archive.open(direct=settings.direct_io)
+    written = WriteProgress()
+    stop = LinkedEvent(cancel)  # set by the reader when it fails: the writer stops
+    with TrailingValidation(
+        archive.path,
+        out_fd,
+        passphrase,
+        written,
+        method=settings.validate_with,
+        direct=settings.direct_io,
+        stop=stop,
+        progress=progress.validated,
+    ) as validation:
+        try:
+            result = engine.encrypt(
+                run_path,
+                out_fd,
+                passphrase,
+                exclusions=settings.tar_exclusions,
+                progress=progress.written,
+                cancel=stop,
+                written=written,
+            )
+        except Cancelled:
+            validation.raise_error()  # the reader failed and stopped the writer: the cause
+            raise
+        archive.sync()
+        log.info(
+            "[%s] wrote %s bytes in %.0f s; validating the rest",
+            run_id,
+            result.archive_size,
+            result.seconds,
+        )
+        archive_sha256 = validation.finish(result)
+    return result, archive_sha256
 
 
 def _check(cancel: threading.Event | None) -> None:

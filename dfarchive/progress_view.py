@@ -72,14 +72,17 @@ class RunProgress:
 
 
 def progress_line(run_id: str, progress: RunProgress, now: float) -> str:
-    """One run's line: id, percent, MB/s, ETA, bytes done of the estimate."""
+    """One run's line: id, percent, MB/s, ETA, bytes done of the estimate.
+
+    The bytes done are the run's one figure for writing and validating together
+    (:class:`dfarchive.pipeline.RunProgress`): validation has no phase of its own.
+    """
     total = max(progress.total, 1)
     percent = 100.0 * progress.done / total
     sizes = f"{progress.done / 1e9:.2f}/{progress.total / 1e9:.2f} GB"
     if now - progress.changed_at >= STALL_SECONDS:
         waited = format_duration(now - progress.changed_at)
-        state = "validating" if percent >= 95.0 else "waiting for data"
-        return f"{run_id}  {percent:5.1f}%  {state} ({waited})  {sizes}"
+        return f"{run_id}  {percent:5.1f}%  waiting for data ({waited})  {sizes}"
     rate = progress.rate()
     if rate <= 0:  # one sample so far
         return f"{run_id}  {percent:5.1f}%     --.- MB/s  ETA -:--:--  {sizes}"

@@ -19,6 +19,7 @@ import threading
 from dfarchive.childproc import check_cancel, wait_fd
 from dfarchive.directio import DIRECT_ALIGNMENT, clear_direct
 from dfarchive.threadhash import ThreadedHash, Ticket
+from dfarchive.writeprogress import WriteProgress
 
 
 class ReadAhead:
@@ -37,6 +38,11 @@ class ReadAhead:
     :class:`~dfarchive.threadhash.ThreadedHash` helper while the caller works on it (a
     block is handed back for reuse only once hashed): hashing on the reading helper
     would leave the device idle while it hashes.
+
+    With ``trail`` (a file being written), each block is read only once the writer has
+    written all of it, and the file's end only once the writer has closed: the reads
+    trail the writer (:mod:`dfarchive.writeprogress`). A failed writer ends the reading
+    with Cancelled.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class ReadAhead:
         blocks: int = 3,
         digest: str | None = None,
         cancel: threading.Event | None = None,
+        trail: WriteProgress | None = None,
     ) -> None:
         if block_size % DIRECT_ALIGNMENT or blocks < 2:
             raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
@@ -55,6 +62,8 @@ class ReadAhead:
         self._fd = fd
         self._direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
         self._cancel = cancel
+        self._trail = trail
+        self._offset = 0  # bytes the helper has read
         self._hash = ThreadedHash(digest) if digest else None
         self._hashed: Ticket = None
         self._free: queue.SimpleQueue[mmap.mmap | None] = queue.SimpleQueue()
@@ -142,6 +151,8 @@ class ReadAhead:
 
     def _fill(self, view: memoryview) -> int:
         """Fill ``view`` but at the end; the count read."""
+        if self._trail is not None:
+            self._trail.wait_for(self._offset + len(view), self._stop, self._cancel)
         filled = 0
         while filled < len(view):
             try:
@@ -152,6 +163,7 @@ class ReadAhead:
             if n == 0:
                 break
             filled += n
+            self._offset += n
             if self._direct and filled % DIRECT_ALIGNMENT:
                 clear_direct(self._fd)  # the end of the file, or a short read
                 self._direct = False

@@ -20,24 +20,42 @@ ones, and hashing them again would cost a full pass.
 The in-process method reads with direct I/O when asked (:mod:`dfarchive.directio`):
 the bytes then come from the device, and reading them costs no page-cache CPU; a
 read-ahead thread keeps the device busy and a helper takes the SHA-256 meanwhile.
+
+:class:`TrailingValidation` does the same reading, decrypting and hashing while the
+archive is being written, on a thread of its own that reads only what the writer has
+written (:mod:`dfarchive.writeprogress`); the checks against the
+:class:`~dfarchive.engines.base.EncryptResult` are made once both are done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from dfarchive.childproc import Child, pump, secret_pipe
+from dfarchive.childproc import (
+    POLL_SECONDS,
+    Child,
+    LinkedEvent,
+    prepare_pipe,
+    pump,
+    secret_pipe,
+    write_all,
+)
 from dfarchive.directio import open_direct
 from dfarchive.engines.base import EncryptResult
-from dfarchive.errors import CryptoError, ValidationError
+from dfarchive.errors import Cancelled, CryptoError, ValidationError
 from dfarchive.gpgcli import status_keywords, symmetric_decrypt_command
 from dfarchive.openpgp import decrypt
 from dfarchive.readahead import ReadAhead
 from dfarchive.tarindex import TarIndex
+from dfarchive.writeprogress import WriteProgress
 
 VALIDATION_METHODS = ("inprocess", "gpg")
 
@@ -50,6 +68,12 @@ GPG_EXIT_TIMEOUT = 60.0
 GPG_REQUIRED_STATUS = frozenset({"DECRYPTION_OKAY", "GOODMDC", "END_DECRYPTION"})
 GPG_FATAL_STATUS = frozenset({"BADMDC", "DECRYPTION_FAILED", "NO_SECKEY", "ERROR", "FAILURE"})
 
+PROGRESS_INTERVAL = 1.0
+"""Least number of seconds between two reports of the plaintext bytes validated."""
+
+Progress = Callable[[int], None]
+"""Called with the plaintext bytes validated so far (throttled)."""
+
 
 def validate_archive(
     archive_path: Path,
@@ -60,6 +84,7 @@ def validate_archive(
     from_device: bool = False,
     direct: bool = True,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> str:
     """Check that ``archive_path`` reads back as exactly what ``expected`` describes.
 
@@ -73,6 +98,8 @@ def validate_archive(
         direct: read with direct I/O where the filesystem allows it (method
             ``"inprocess"`` only: gpg is fed through an ordinary pipe relay).
         cancel: when set, validation stops within about a second.
+        progress: called with the plaintext bytes validated, on the first chunk and
+            then at most every ``PROGRESS_INTERVAL`` seconds.
 
     Returns:
         The hex SHA-256 of the archive as it was read back.
@@ -84,12 +111,11 @@ def validate_archive(
         OSError: the archive could not be opened or read.
         ValueError: unknown ``method``.
     """
-    if method not in VALIDATION_METHODS:
-        raise ValueError(f"unknown validation method {method!r}")
-    archive_path = Path(archive_path)
+    _check_method(method)
     where = str(archive_path)
-    direct = direct and method == "inprocess"
-    fd = open_direct(archive_path, os.O_RDONLY | os.O_CLOEXEC, 0, direct=direct)
+    fd = open_direct(
+        Path(archive_path), os.O_RDONLY | os.O_CLOEXEC, 0, direct=direct and method == "inprocess"
+    )
     try:
         size = os.fstat(fd).st_size
         if size != expected.archive_size:
@@ -99,16 +125,155 @@ def validate_archive(
         if from_device:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        plaintext = _PlaintextCheck(where)
-        if method == "gpg":
-            read_back, sha256 = _decrypt_with_gpg(fd, passphrase, plaintext, where, cancel)
-        else:
-            read_back, sha256 = _decrypt_in_process(fd, passphrase, plaintext, where, cancel)
+        found = _read_back(fd, passphrase, method, where, cancel, progress)
     finally:
         os.close(fd)
-    if read_back != expected.archive_size:
+    return _check(found, expected)
+
+
+class TrailingValidation:
+    """:func:`validate_archive` of an archive while it is being written, on a thread.
+
+    Started on ``archive_path`` (opened now, and checked to be the file behind
+    ``writer_fd``), it reads the archive as ``written`` says it was written, decrypting
+    and hashing it; :meth:`finish` then makes the checks against what the writer
+    reports. If the reading fails, it sets ``stop`` (the writer's cancel event: the
+    writer stops) and :meth:`finish` or :meth:`raise_error` raise its error; if the
+    writer fails (``written`` is failed), the reader ends with Cancelled and leaves
+    ``stop`` alone, so that the writer raises its own error (e.g. ``ENOSPC``), not
+    Cancelled. Use as a
+    context manager around the writing: leaving the block stops the reader (setting
+    ``stop`` and failing ``written``) unless it finished, and waits for it.
+
+    Parameters are those of :func:`validate_archive`; ``stop`` is its ``cancel``.
+    """
+
+    def __init__(
+        self,
+        archive_path: Path,
+        writer_fd: int,
+        passphrase: bytes,
+        written: WriteProgress,
+        *,
+        method: str = "inprocess",
+        direct: bool = True,
+        stop: threading.Event,
+        progress: Progress | None = None,
+    ) -> None:
+        _check_method(method)
+        self.where = str(archive_path)
+        self._written = written
+        self._stop = stop
+        self._found: _ReadBack | None = None
+        self._error: BaseException | None = None
+        self._fd = open_direct(
+            Path(archive_path),
+            os.O_RDONLY | os.O_CLOEXEC,
+            0,
+            direct=direct and method == "inprocess",
+        )
+        try:
+            ours, writers = os.fstat(self._fd), os.fstat(writer_fd)
+            if (ours.st_dev, ours.st_ino) != (writers.st_dev, writers.st_ino):
+                raise ValidationError(f"{self.where}: is not the file being written")
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(passphrase, method, progress),
+            name="dfarchive-validate",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, passphrase: bytes, method: str, progress: Progress | None) -> None:
+        try:
+            self._found = _read_back(
+                self._fd, passphrase, method, self.where, self._stop, progress, self._written
+            )
+        except BaseException as error:  # handed to finish()
+            self._error = error
+            if not isinstance(error, Cancelled):  # a failed writer raises its own error
+                self._stop.set()  # the writer stops
+
+    def raise_error(self) -> None:
+        """Raise the reader's error, if it failed (other than by being stopped)."""
+        if self._error is not None and not isinstance(self._error, Cancelled):
+            raise self._error
+
+    def finish(self, expected: EncryptResult) -> str:
+        """Wait for the reader to read the end (the writer has closed) and check what it
+        found against ``expected``; return the archive's hex SHA-256.
+
+        Raises: as :func:`validate_archive`.
+        """
+        self._join()
+        if self._error is not None:
+            raise self._error
+        assert self._found is not None
+        return _check(self._found, expected)
+
+    def _join(self) -> None:
+        while self._thread.is_alive():  # bounded waits: asynchronous exceptions land
+            self._thread.join(POLL_SECONDS)
+
+    def close(self) -> None:
+        """Stop the reader unless it is done, wait for it, close the file. Idempotent."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._written.fail()
+            self._join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TrailingValidation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class _ReadBack:
+    """What reading an archive back found."""
+
+    where: str
+    size: int
+    sha256: str
+    plaintext: _PlaintextCheck
+
+
+def _check_method(method: str) -> None:
+    if method not in VALIDATION_METHODS:
+        raise ValueError(f"unknown validation method {method!r}")
+
+
+def _read_back(
+    fd: int,
+    passphrase: bytes,
+    method: str,
+    where: str,
+    cancel: threading.Event | None,
+    progress: Progress | None,
+    trail: WriteProgress | None = None,
+) -> _ReadBack:
+    """Read the archive behind ``fd`` (trailing its writer, with ``trail``), decrypting
+    it with ``method``."""
+    plaintext = _PlaintextCheck(where, progress)
+    decrypt_with = _decrypt_with_gpg if method == "gpg" else _decrypt_in_process
+    size, sha256 = decrypt_with(fd, passphrase, plaintext, where, cancel, trail)
+    return _ReadBack(where, size, sha256, plaintext)
+
+
+def _check(found: _ReadBack, expected: EncryptResult) -> str:
+    """Compare what was read back with what was written; return the archive's SHA-256."""
+    where, plaintext = found.where, found.plaintext
+    if found.size != expected.archive_size:
         raise ValidationError(
-            f"{where}: {read_back} bytes were read back, {expected.archive_size} were written"
+            f"{where}: {found.size} bytes were read back, {expected.archive_size} were written"
         )
     if plaintext.size != expected.plaintext_size:
         raise ValidationError(
@@ -123,16 +288,19 @@ def validate_archive(
             f"(names SHA-256 {summary.members_sha256}), expected {expected.members} "
             f"(names SHA-256 {expected.members_sha256})"
         )
-    return sha256
+    return found.sha256
 
 
 class _PlaintextCheck:
-    """Counts the decrypted bytes and walks their tar headers."""
+    """Counts the decrypted bytes and walks their tar headers; reports the count on the
+    first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, progress: Progress | None = None) -> None:
         self.where = where
         self.size = 0
         self.index = TarIndex()
+        self._progress = progress
+        self._next_report = 0.0
 
     def __call__(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
@@ -140,6 +308,9 @@ class _PlaintextCheck:
             self.index.feed(chunk)
         except ValidationError as exc:
             raise ValidationError(f"{self.where}: decrypted tar stream: {exc}") from None
+        if self._progress is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + PROGRESS_INTERVAL
+            self._progress(self.size)
 
 
 def _decrypt_in_process(
@@ -148,9 +319,12 @@ def _decrypt_in_process(
     plaintext: _PlaintextCheck,
     where: str,
     cancel: threading.Event | None,
+    trail: WriteProgress | None,
 ) -> tuple[int, str]:
     """Decrypt the file behind ``fd`` into ``plaintext``; return its size and SHA-256."""
-    with ReadAhead(fd, block_size=READ_SIZE, digest="sha256", cancel=cancel) as archive:
+    with ReadAhead(
+        fd, block_size=READ_SIZE, digest="sha256", cancel=cancel, trail=trail
+    ) as archive:
         try:
             decrypt(archive, passphrase, plaintext, read_size=READ_SIZE, cancel=cancel)  # type: ignore[arg-type]
         except CryptoError as exc:
@@ -166,9 +340,10 @@ def _decrypt_with_gpg(
     plaintext: _PlaintextCheck,
     where: str,
     cancel: threading.Event | None,
+    trail: WriteProgress | None,
 ) -> tuple[int, str]:
     """Decrypt the file behind ``fd`` with gpg into ``plaintext``; return its size and
-    SHA-256."""
+    SHA-256. With ``trail``, gpg is fed by a :class:`_TrailingPipe`."""
     read_back = 0
     sha256 = hashlib.sha256()
 
@@ -191,13 +366,11 @@ def _decrypt_with_gpg(
         ):
             os.close(status_write)
             status_write = -1
-            complete = pump(
-                gpg,
-                fd,
-                on_input=count,
-                on_output=plaintext,
-                cancel=cancel,
-            )
+            with _TrailingPipe(fd, trail, cancel) if trail else contextlib.nullcontext() as feed:
+                source = fd if feed is None else feed.fd
+                complete = pump(gpg, source, on_input=count, on_output=plaintext, cancel=cancel)
+                if feed is not None:
+                    feed.raise_error()  # a stopped writer, not gpg, ended gpg's input early
             returncode = gpg.wait(cancel=cancel, timeout=GPG_EXIT_TIMEOUT)
             status = _read_available(status_read)
             stderr = gpg.stderr_text()
@@ -218,6 +391,50 @@ def _decrypt_with_gpg(
             problems.append("gpg stopped reading early")
         raise ValidationError(f"{where}: gpg does not decrypt it ({'; '.join(problems)}): {stderr}")
     return read_back, sha256.hexdigest()
+
+
+class _TrailingPipe:
+    """The archive behind ``fd``, read as it is written (a trailing
+    :class:`~dfarchive.readahead.ReadAhead`) and relayed by a thread into a pipe whose
+    non-blocking read end, :attr:`fd`, feeds gpg. Use as a context manager."""
+
+    def __init__(self, fd: int, trail: WriteProgress, cancel: threading.Event | None) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        prepare_pipe(self._write_fd)
+        self._stop = LinkedEvent(cancel)
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._relay, args=(fd, trail), name="dfarchive-feed", daemon=True
+        )
+        self._thread.start()
+
+    def _relay(self, fd: int, trail: WriteProgress) -> None:
+        try:
+            with ReadAhead(fd, block_size=READ_SIZE, cancel=self._stop, trail=trail) as source:
+                while chunk := source.read():
+                    write_all(self._write_fd, chunk, self._stop)
+        except BaseException as error:  # gpg's input ends early; raise_error() tells why
+            if not self._closing:
+                self._error = error
+        finally:
+            os.close(self._write_fd)
+
+    def raise_error(self) -> None:
+        """Raise what stopped the relay before the end of the archive, if anything did."""
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> _TrailingPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing = True
+        self._stop.set()
+        while self._thread.is_alive():
+            self._thread.join(POLL_SECONDS)
+        os.close(self.fd)
 
 
 def _read_available(fd: int) -> bytes:

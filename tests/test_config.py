@@ -338,3 +338,13 @@ def test_the_plain_http_warning_reaches_the_user_at_start_up(tmp_path, dirs):
         "unencrypted; use https://"
     )
     assert "Secr3t" not in result.stderr
+
+
+def test_validate_is_overlapped_by_default_or_after_and_reaches_the_pipeline(tmp_path, dirs):
+    default = load_config(write(tmp_path, minimal(dirs)), environ={})
+    assert default.validate == "overlapped"
+    after = load_config(write(tmp_path, minimal(dirs) + "    validate: after\n"), environ={})
+    assert ArchiveSettings.from_config(after).validate == "after"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, minimal(dirs) + "    validate: later\n"), environ={})
+    assert "validate: expected one of overlapped, after; got 'later'" in str(caught.value)

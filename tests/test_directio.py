@@ -1,6 +1,7 @@
 """Direct I/O on real files: the archive writer (ArchiveOutput) writes exactly the bytes
 it is given, with and without O_DIRECT, at every alignment; errors reach the caller
-unchanged."""
+unchanged; a trailing reader is told of each completed write, of the end and of a
+failure (WriteProgress)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from dfarchive.directio import DIRECT_ALIGNMENT, open_direct
 from dfarchive.engines.output import ArchiveOutput
+from dfarchive.errors import Cancelled
+from dfarchive.writeprogress import WriteProgress
 
 BLOCK = 4 * DIRECT_ALIGNMENT
 SIZES = [0, 1, DIRECT_ALIGNMENT - 1, DIRECT_ALIGNMENT, BLOCK - 1, BLOCK, BLOCK + 1,
@@ -99,3 +102,65 @@ def test_abort_drops_what_is_queued_and_stops_the_writer(tmp_path):
         os.close(fd)
     assert not any(t.name == "dfarchive-write" and t.is_alive() for t in threading.enumerate())
     assert path.stat().st_size == 0  # the half block never went out
+
+
+class RecordingProgress(WriteProgress):
+    """Checks, at each publication, that the bytes published are in the file."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.path = path
+        self.published: list[int] = []
+        self.ended: str | None = None
+
+    def advance(self, count: int) -> None:
+        assert os.stat(self.path).st_size >= self.written + count  # written before published
+        self.published.append(count)
+        super().advance(count)
+
+    def close(self) -> None:
+        self.ended = self.ended or "closed"
+        super().close()
+
+    def fail(self) -> None:
+        self.ended = self.ended or "failed"
+        super().fail()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+@pytest.mark.parametrize("size", [0, BLOCK - 1, 3 * BLOCK, 5 * BLOCK + DIRECT_ALIGNMENT + 17])
+def test_archive_output_publishes_each_completed_write_then_closes(tmp_path, direct, size):
+    path = tmp_path / "out"
+    written = RecordingProgress(path)
+    fd = open_direct(path, WRITE_FLAGS, 0o600, direct=direct)
+    try:
+        with ArchiveOutput(fd, block_size=BLOCK, written=written) as output:
+            for part in pieces(os.urandom(size), 1000):
+                output(part)
+            assert written.ended is None  # not before every byte is out
+    finally:
+        os.close(fd)
+    assert sum(written.published) == written.written == size
+    assert all(count == BLOCK for count in written.published[:-1])  # whole aligned blocks
+    assert written.ended == "closed"
+    assert written.wait_for(size + 1) is True  # a reader may read to the end
+
+
+def test_a_failed_write_or_an_abort_fails_the_write_progress(tmp_path):
+    fd = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    written = WriteProgress()
+    try:
+        with pytest.raises(OSError), ArchiveOutput(fd, block_size=BLOCK, written=written) as out:
+            out(bytes(3 * BLOCK))
+    finally:
+        os.close(fd)
+    with pytest.raises(Cancelled, match="writer stopped"):
+        written.wait_for(1)
+    aborted = RecordingProgress(tmp_path / "out")
+    fd = open_direct(aborted.path, WRITE_FLAGS, 0o600)
+    try:
+        with pytest.raises(RuntimeError), ArchiveOutput(fd, block_size=BLOCK, written=aborted):
+            raise RuntimeError("engine failed")
+    finally:
+        os.close(fd)
+    assert aborted.ended == "failed"

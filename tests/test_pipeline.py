@@ -11,21 +11,29 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from dfarchive import keys, pipeline, tarstream
+from dfarchive import keys, pipeline, tarstream, validate
 from dfarchive.attempt import Outcome, attempt_run
 from dfarchive.engines import ENGINE_NAMES, tap
-from dfarchive.errors import PreflightError, RecipientError, ToolError
+from dfarchive.errors import (
+    Cancelled,
+    PreflightError,
+    RecipientError,
+    ToolError,
+    ValidationError,
+)
 from dfarchive.keys import Recipient, resolve_recipient
 from dfarchive.openpgp import decrypt
 from dfarchive.pipeline import ArchiveSettings, archive_run
 from dfarchive.publish import PartialFile
 from dfarchive.restore import restore_archive
 from dfarchive.store import NewRun, SqliteStore
+from dfarchive.writeprogress import WriteProgress
 
 
 @pytest.fixture
@@ -454,3 +462,182 @@ def test_attempt_on_a_vanished_folder_counts_a_failure(store, outputs, recipient
     doc = store.get("run_gone")
     assert doc["status"] == "pending" and doc["failure_count"] == 1
     assert "run_gone does not exist" in doc["last_error"]
+
+
+# -- validation overlapped with writing ----------------------------------------------------
+
+METHODS = ("inprocess", "gpg")
+
+
+def settings_with(
+    outputs: ArchiveSettings, tmp_path: Path, name: str, **changes
+) -> ArchiveSettings:
+    """``outputs`` with output directories of their own and ``changes``."""
+    dest, keydir = tmp_path / name / "archives", tmp_path / name / "keys"
+    dest.mkdir(parents=True)
+    keydir.mkdir(mode=0o700)
+    fields = {**outputs.__dict__, "destination_path": dest, "keys_path": keydir}
+    return ArchiveSettings(**{**fields, **changes})
+
+
+def dfarchive_threads() -> set[threading.Thread]:
+    """Our helper threads (writer, readers, hashers, validation, relays, stderr drains)."""
+    helpers = ("dfarchive-", "tar-stderr", "gpg-stderr")
+    return {t for t in threading.enumerate() if t.name.startswith(helpers) and t.is_alive()}
+
+
+def assert_nothing_left(settings: ArchiveSettings, children_before: set[str], threads_before):
+    """No partial or final file, no child process, no helper thread (they end within
+    a few poll intervals: polled with a deadline)."""
+    assert list(settings.destination_path.iterdir()) == []
+    assert list(settings.keys_path.iterdir()) == []
+    assert child_pids() <= children_before
+    deadline = time.monotonic() + 30
+    while dfarchive_threads() - threads_before:
+        assert time.monotonic() < deadline, dfarchive_threads() - threads_before
+        time.sleep(0.05)  # polling the thread list with a deadline
+
+
+def big_sparse_run(tmp_path: Path) -> Path:
+    """A run of 4 GiB of zeros: far more than is written before the tests' failures."""
+    run = make_run(tmp_path / "seq", "big_run")
+    with open(run / "sparse.bin", "wb") as f:
+        f.truncate(4 << 30)
+    return run
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "buffered"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_overlapped_validation_records_exactly_what_validating_after_does(
+    engine, method, direct_io, outputs, recipient, tmp_path
+):
+    run = make_run(tmp_path / "seq", "run_1", "RunInfo.xml")
+    (run / "big.bin").write_bytes(os.urandom(9 << 20 | 12345))  # blocks and a tail
+    records = {}
+    for mode in ("overlapped", "after"):
+        settings = settings_with(
+            outputs,
+            tmp_path,
+            mode,
+            engine=engine,
+            validate_with=method,
+            direct_io=direct_io,
+            validate=mode,
+        )
+        assert pipeline.overlaps(settings) == (mode == "overlapped")
+        records[mode] = record = archive_run("run_1", run, settings, recipient)
+        archive = Path(record["file"])
+        assert record["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert record["size"] == archive.stat().st_size
+        assert no_partials(settings.destination_path, settings.keys_path)
+    overlapped, after = records["overlapped"], records["after"]
+    assert overlapped.keys() == after.keys()
+    per_archive = {"file", "key_file", "sha256", "seconds"}  # new key and IV, own paths
+    assert {k: v for k, v in overlapped.items() if k not in per_archive} == {
+        k: v for k, v in after.items() if k not in per_archive
+    }
+    assert overlapped["validated_with"] == method
+
+
+def test_validate_from_device_keeps_reading_after_the_fsync(
+    outputs, recipient, tmp_path, monkeypatch
+):
+    run = make_run(tmp_path / "seq", "run_1", "RunInfo.xml")
+    settings = settings_with(outputs, tmp_path, "cold", validate_from_device=True)
+    assert settings.validate == "overlapped" and not pipeline.overlaps(settings)
+    calls = []
+    original = pipeline.validate_archive
+
+    def recording(path: Path, *args, **kwargs) -> str:
+        calls.append((path.stat().st_size, kwargs["from_device"]))  # the whole archive
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validate_archive", recording)
+    record = archive_run("run_1", run, settings, recipient)
+    assert calls == [(record["size"], True)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_a_range_corrupted_between_write_and_read_back_fails_the_attempt_mid_write(
+    engine, method, outputs, recipient, tmp_path, monkeypatch
+):
+    run = big_sparse_run(tmp_path)
+    settings = settings_with(outputs, tmp_path, "out", engine=engine, validate_with=method)
+    partial = settings.destination_path / "big_run.tar.gpg.partial"
+    original = WriteProgress.advance
+    published: list[int] = []
+
+    def corrupt_then_publish(self: WriteProgress, count: int) -> None:
+        if not published:  # the first block is on the disk, not yet read back
+            fd = os.open(partial, os.O_WRONLY)
+            os.pwrite(fd, bytes(1000), 300)  # the first tar header's bytes, zeroed
+            os.close(fd)
+        published.append(count)
+        original(self, count)
+
+    monkeypatch.setattr(WriteProgress, "advance", corrupt_then_publish)
+    children_before, threads_before = child_pids(), dfarchive_threads()
+    with pytest.raises(ValidationError, match=str(partial)):
+        archive_run("big_run", run, settings, recipient)
+    assert sum(published) < 1 << 30  # the writer was stopped: far from its 4 GiB
+    assert_nothing_left(settings, children_before, threads_before)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_cancel_during_overlap_leaves_no_partial_child_or_thread(
+    engine, method, outputs, recipient, tmp_path, monkeypatch
+):
+    run = big_sparse_run(tmp_path)
+    settings = settings_with(outputs, tmp_path, "out", engine=engine, validate_with=method)
+    cancel, reading = threading.Event(), threading.Event()
+    original = WriteProgress.wait_for
+
+    def noting_reads(self: WriteProgress, offset: int, *stops) -> bool:
+        if offset > validate.READ_SIZE:  # the first block was read back
+            reading.set()
+        return original(self, offset, *stops)
+
+    monkeypatch.setattr(WriteProgress, "wait_for", noting_reads)
+
+    def cancel_while_both_run() -> None:
+        reading.wait(120)
+        cancel.set()
+
+    children_before, threads_before = child_pids(), dfarchive_threads()
+    canceller = threading.Thread(target=cancel_while_both_run)
+    canceller.start()
+    try:
+        with pytest.raises(Cancelled):
+            archive_run("big_run", run, settings, recipient, cancel=cancel)
+    finally:
+        reading.set()
+        canceller.join()
+    assert_nothing_left(settings, children_before, threads_before)
+
+
+@pytest.mark.parametrize("mode", ["overlapped", "after"])
+def test_progress_is_one_figure_for_writing_and_validating(
+    mode, outputs, recipient, tmp_path, monkeypatch
+):
+    run = make_run(tmp_path / "seq", "run_1")
+    (run / "big.bin").write_bytes(os.urandom(9 << 20))
+    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # only first and last reports
+    for module in (tap, pipeline, validate):
+        monkeypatch.setattr(module, "time", frozen)
+    reports: list[tuple[int, int]] = []
+    settings = settings_with(outputs, tmp_path, mode, validate=mode)
+    record = archive_run(
+        "run_1", run, settings, recipient, progress=lambda *report: reports.append(report)
+    )
+    size = record["plaintext_size"]
+    done = [d for d, _ in reports]
+    assert done == sorted(done)  # one figure, never going back
+    assert done[-1] == size and reports[-1][1] >= size
+    # writing and validating are each half of it
+    assert size // 2 in done or mode == "overlapped"
+    assert any(0 < d < size // 2 for d in done)  # the first chunk written (or validated)
+    if mode == "after":  # every byte written, then the first chunk validated, then all
+        assert done[-3:] == [size // 2, done[-2], size] and size // 2 < done[-2] < size

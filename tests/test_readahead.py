@@ -1,6 +1,6 @@
 """ReadAhead on real files (with and without O_DIRECT, every alignment) and on a
 non-blocking pipe fed piecemeal: the exact bytes and their SHA-256, early stops, errors
-and cancel."""
+and cancel; trailing a writer (WriteProgress)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dfarchive.childproc import POLL_SECONDS
 from dfarchive.directio import open_direct
 from dfarchive.errors import Cancelled
 from dfarchive.readahead import ReadAhead
+from dfarchive.writeprogress import WriteProgress
 from tests.test_directio import BLOCK, SIZES
 
 
@@ -114,4 +115,59 @@ def test_closing_while_a_pipe_is_silent_stops_the_helper_promptly():
     finally:
         os.close(read_fd)
         os.close(write_fd)
+    assert not any(t.name == "dfarchive-read" and t.is_alive() for t in threading.enumerate())
+
+
+class WatchedProgress(WriteProgress):
+    """Sets ``waiting`` when a reader waits for more than has been published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait_for(self, offset: int, *stops: threading.Event | None) -> bool:
+        if offset > self.written:
+            self.waiting.set()
+        return super().wait_for(offset, *stops)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_a_trailing_reader_reads_only_what_was_published_and_the_tail_at_the_end(tmp_path, direct):
+    data = os.urandom(3 * BLOCK + 17)
+    path = tmp_path / "in"
+    path.write_bytes(data)  # all there, but the writer has published one block only
+    written = WatchedProgress()
+    written.advance(BLOCK)
+    fd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC, 0, direct=direct)
+    try:
+        with ReadAhead(fd, block_size=BLOCK, digest="sha256", trail=written) as reader:
+            assert reader.read() == data[:BLOCK]
+            assert written.waiting.wait(30)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == BLOCK  # nothing past the published offset
+            written.advance(BLOCK)
+            assert reader.read() == data[BLOCK : 2 * BLOCK]
+            written.advance(BLOCK + 17)  # the unaligned tail: read only once closed
+            written.close()
+            got = bytearray()
+            while view := reader.read():
+                got += view
+            assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
+    assert got == data[2 * BLOCK :]
+
+
+def test_a_failed_writer_stops_a_trailing_reader(tmp_path):
+    path = tmp_path / "in"
+    path.write_bytes(bytes(3 * BLOCK))
+    written = WatchedProgress()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with ReadAhead(fd, block_size=BLOCK, trail=written) as reader:
+            assert written.waiting.wait(30)
+            written.fail()
+            with pytest.raises(Cancelled, match="writer stopped"):
+                reader.read()
+    finally:
+        os.close(fd)
     assert not any(t.name == "dfarchive-read" and t.is_alive() for t in threading.enumerate())

@@ -1,20 +1,24 @@
-"""validate_archive: a good archive passes both methods; every kind of damage fails both."""
+"""validate_archive and TrailingValidation (the same checks while the archive is being
+written): a good archive passes both methods; every kind of damage fails both."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
+from dfarchive.directio import open_direct
 from dfarchive.engines import EncryptResult
 from dfarchive.errors import Cancelled, ValidationError
 from dfarchive.keys import new_run_key
 from dfarchive.openpgp import encrypt_bytes
-from dfarchive.validate import VALIDATION_METHODS, validate_archive
+from dfarchive.validate import VALIDATION_METHODS, TrailingValidation, validate_archive
+from dfarchive.writeprogress import WriteProgress
 from tests.gpg_fixtures import build_run_folder, encrypt_to_file, stock_decrypt
 
 KEY = new_run_key()
@@ -207,3 +211,115 @@ def test_unknown_method_is_refused(archive):
     path, result = archive
     with pytest.raises(ValueError, match="unknown validation method"):
         validate_archive(path, KEY, result, method="md5")
+
+
+# -- validating while the archive is being written (TrailingValidation) ---------------
+
+
+def validate_while_writing(
+    data: bytes,
+    dest: Path,
+    expected: EncryptResult,
+    *,
+    method: str,
+    direct: bool = True,
+    piece: int = 100_000,
+    stop: threading.Event | None = None,
+    fail_at: int | None = None,
+) -> str:
+    """Write ``data`` to ``dest`` piece by piece on a thread, publishing each piece to a
+    WriteProgress, while a TrailingValidation reads it back; its finish(expected). The
+    writer fails at offset ``fail_at``, or when ``stop`` is set."""
+    written = WriteProgress()
+    stop = stop or threading.Event()
+    fd = open_direct(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, direct=False)
+
+    def write() -> None:
+        for start in range(0, len(data), piece):
+            if stop.is_set() or start == fail_at:
+                return written.fail()
+            os.write(fd, data[start : start + piece])
+            written.advance(len(data[start : start + piece]))
+        written.close()
+
+    writer = threading.Thread(target=write)
+    try:
+        with TrailingValidation(
+            dest, fd, KEY, written, method=method, direct=direct, stop=stop
+        ) as validation:
+            writer.start()
+            try:
+                return validation.finish(expected)
+            finally:
+                writer.join()  # a failing reader sets stop: the writer stops too
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_a_good_archive_passes_while_it_is_written(archive, tmp_path, method, direct):
+    path, result = archive
+    data = path.read_bytes()
+    sha256 = validate_while_writing(data, tmp_path / "out", result, method=method, direct=direct)
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfarchive-")]
+
+
+@pytest.mark.parametrize(("method", "damage", "consistent"), DAMAGE_CASES)
+def test_a_damaged_archive_fails_while_it_is_written_as_it_does_after(
+    archive, tmp_path, method, damage, consistent
+):
+    path, result = archive
+    data = DAMAGE[damage](path.read_bytes())
+    _, expected = damaged(tmp_path, path, data, result, consistent=consistent)
+    out = tmp_path / "out"
+    with pytest.raises(ValidationError, match=str(out)):
+        validate_while_writing(data, out, expected, method=method)
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+def test_a_reader_failure_stops_the_writer(archive, tmp_path, method):
+    path, result = archive
+    data = bytearray(path.read_bytes())
+    data[300:1300] = bytes(1000)  # the first tar header is gone: fails at once
+    stop = threading.Event()
+    with pytest.raises(ValidationError, match="out"):
+        validate_while_writing(bytes(data), tmp_path / "out", result, method=method, stop=stop)
+    assert stop.is_set()
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+def test_a_failed_writer_ends_the_validation_with_cancelled(archive, tmp_path, method):
+    path, result = archive
+    stop = threading.Event()
+    stop.set()  # the writer stops before its first piece (and fails its progress)
+    with pytest.raises(Cancelled):
+        validate_while_writing(
+            path.read_bytes(), tmp_path / "out", result, method=method, stop=stop
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfarchive-")]
+
+
+def test_the_trailing_reader_must_open_the_file_being_written(archive, tmp_path):
+    path, _ = archive
+    other = tmp_path / "other"
+    other.write_bytes(b"")
+    fd = os.open(other, os.O_RDONLY)
+    try:
+        with pytest.raises(ValidationError, match=f"{path}: is not the file being written"):
+            TrailingValidation(path, fd, KEY, WriteProgress(), stop=threading.Event())
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("method", VALIDATION_METHODS)
+def test_a_writer_failure_does_not_stop_the_writer_in_the_readers_name(archive, tmp_path, method):
+    """The writer raises its own error (ENOSPC, say): the reader must not set stop, or
+    the writer could see "cancelled" before its own error."""
+    path, result = archive
+    stop = threading.Event()
+    data = path.read_bytes()
+    with pytest.raises(Cancelled, match="writer stopped"):
+        validate_while_writing(data, tmp_path / "out", result, method=method, stop=stop, fail_at=0)
+    assert not stop.is_set()

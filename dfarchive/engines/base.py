@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dfarchive.writeprogress import WriteProgress
+
 
 @dataclass(frozen=True, kw_only=True)
 class EncryptResult:
@@ -52,6 +54,7 @@ class Engine(Protocol):
         exclusions: Sequence[str] = (),
         progress: Callable[[int], None] | None = None,
         cancel: threading.Event | None = None,
+        written: WriteProgress | None = None,
     ) -> EncryptResult:
         """Write the encrypted tar of ``run_path`` to ``out_fd`` (left open).
 
@@ -63,6 +66,8 @@ class Engine(Protocol):
             progress: called with the plaintext bytes done: on the first chunk, then
                 at most about once a second, and once at the end.
             cancel: when set, the engine stops within about a second.
+            written: told of each write to ``out_fd`` once it has completed, and of
+                the end (see :mod:`dfarchive.writeprogress`), for a reader trailing it.
 
         Returns:
             What was written (:class:`EncryptResult`).

@@ -24,6 +24,7 @@ from dfarchive.engines.tap import PlaintextTap
 from dfarchive.errors import ToolError
 from dfarchive.gpgcli import symmetric_encrypt_command
 from dfarchive.tarstream import TarStream
+from dfarchive.writeprogress import WriteProgress
 
 GPG_EXIT_TIMEOUT = 60.0
 """Seconds gpg may take to exit once its output reached end of file."""
@@ -43,6 +44,7 @@ class GpgEngine:
         exclusions: Sequence[str] = (),
         progress: Callable[[int], None] | None = None,
         cancel: threading.Event | None = None,
+        written: WriteProgress | None = None,
     ) -> EncryptResult:
         """See :meth:`dfarchive.engines.base.Engine.encrypt`."""
         started = time.monotonic()
@@ -50,7 +52,7 @@ class GpgEngine:
         what = f"gpg encryption of run folder {str(run_path)!r}"
         plaintext = PlaintextTap(what, progress)
         with (
-            ArchiveOutput(out_fd) as archive,
+            ArchiveOutput(out_fd, written=written) as archive,
             secret_pipe(passphrase + b"\n") as passphrase_fd,
             TarStream(run_path, exclusions=exclusions, cancel=cancel) as tar,
             Child(

@@ -28,6 +28,7 @@ from dfarchive.engines.tap import PlaintextTap
 from dfarchive.openpgp import SymmetricWriter
 from dfarchive.readahead import ReadAhead
 from dfarchive.tarstream import TarStream
+from dfarchive.writeprogress import WriteProgress
 
 CHUNK_SIZE = 1 << 20  # benchmarked: 1, 4 and 16 MiB tie on speed; 1 MiB keeps RSS lowest
 """Bytes of tar output handled per step (and the OpenPGP partial body size)."""
@@ -50,6 +51,7 @@ class InProcessEngine:
         exclusions: Sequence[str] = (),
         progress: Callable[[int], None] | None = None,
         cancel: threading.Event | None = None,
+        written: WriteProgress | None = None,
     ) -> EncryptResult:
         """See :meth:`dfarchive.engines.base.Engine.encrypt`."""
         started = time.monotonic()
@@ -58,7 +60,7 @@ class InProcessEngine:
         # exits run bottom-up: the writer completes the message, then the output is flushed
         with (
             PlaintextTap(what, progress, threaded=True) as plaintext,
-            ArchiveOutput(out_fd) as archive,
+            ArchiveOutput(out_fd, written=written) as archive,
             TarStream(run_path, exclusions=exclusions, cancel=cancel) as tar,
             ReadAhead(tar.fd, block_size=CHUNK_SIZE, blocks=READ_BLOCKS, cancel=cancel) as stream,
             SymmetricWriter(archive, passphrase, chunk_size=CHUNK_SIZE) as writer,

@@ -15,6 +15,11 @@ last block's aligned part is written directly before ``O_DIRECT`` is turned off 
 the unaligned tail. A filesystem that accepts the flag but refuses a direct write
 (``EINVAL``), or a short direct write, turns ``O_DIRECT`` off for the rest of the file:
 the bytes written are the same either way, only the cost differs.
+
+Given a :class:`~dfarchive.writeprogress.WriteProgress`, the writer thread publishes
+each block once its write has completed, so validation can read the archive back while
+it is being written; the progress is closed once every byte is written, and failed as
+soon as a write fails or the output is aborted.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import threading
 from types import TracebackType
 
 from dfarchive.directio import DIRECT_ALIGNMENT, clear_direct
+from dfarchive.writeprogress import WriteProgress
 
 BLOCK_SIZE = 4 << 20
 """Bytes per write; a multiple of :data:`DIRECT_ALIGNMENT`."""
@@ -50,11 +56,19 @@ class ArchiveOutput:
     or by :meth:`close`.
     """
 
-    def __init__(self, out_fd: int, *, block_size: int = BLOCK_SIZE, blocks: int = BLOCKS) -> None:
+    def __init__(
+        self,
+        out_fd: int,
+        *,
+        block_size: int = BLOCK_SIZE,
+        blocks: int = BLOCKS,
+        written: WriteProgress | None = None,
+    ) -> None:
         if block_size % DIRECT_ALIGNMENT or blocks < 2:
             raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
         self.size = 0
         self._fd = out_fd
+        self._written = written
         self._direct = bool(fcntl.fcntl(out_fd, fcntl.F_GETFL) & os.O_DIRECT)
         self._error: BaseException | None = None
         self._dropping = False
@@ -99,6 +113,8 @@ class ArchiveOutput:
             self._full.put(None)
             self._thread.join()
         self._raise_error()
+        if self._written is not None:
+            self._written.close()
 
     def abort(self) -> None:
         """Drop whatever is not written yet and wait for the writer thread. Idempotent."""
@@ -107,6 +123,8 @@ class ArchiveOutput:
             self._dropping = True
             self._full.put(None)
             self._thread.join()
+        if self._written is not None:
+            self._written.fail()
 
     def __enter__(self) -> ArchiveOutput:
         return self
@@ -137,6 +155,11 @@ class ArchiveOutput:
                         self._write(view[:n])
                 except BaseException as error:  # handed to the engine's thread
                     self._error = error
+                    if self._written is not None:
+                        self._written.fail()
+                else:
+                    if self._written is not None:
+                        self._written.advance(n)
             self._free.put(block)
 
     def _write(self, view: memoryview) -> None:
