@@ -267,18 +267,20 @@ def test_a_file_rewritten_after_tar_read_it_is_a_counted_failure(
     assert b"Small\n" in plaintext
 
 
-def test_a_file_changed_while_the_archive_is_validated_is_a_counted_failure(
+def test_a_file_changed_after_tar_read_it_is_a_counted_failure(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The folder must still be as tar saw it when the run is marked archived."""
+    """The folder must still be as tar saw it when the run is marked archived: a change
+    after the archive was written and validated (here, while the key is wrapped, the
+    last step before publishing) fails the attempt."""
     run = big_run(setup.ws, "run_late_change", size=1 << 20)
-    real = pipeline_module.validate_archive
+    real = pipeline_module.wrap_key
 
-    def validate_archive(*args, **kwargs):
+    def wrap_key(*args, **kwargs):
         (run / "RunInfo.xml").chmod(0o600)  # metadata only: the change time still moves
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "validate_archive", validate_archive)
+    monkeypatch.setattr(pipeline_module, "wrap_key", wrap_key)
     setup.schedule()
     assert setup.attempt("run_late_change") is Outcome.FAILED
     doc = setup.doc("run_late_change")
