@@ -2,9 +2,16 @@
 
 A background thread renews the lease (heartbeat) every ``interval`` seconds and writes
 the latest progress into the run document. If the store says the run is no longer
-ours (reclaimed after a long pause, or released by an operator), or the store has been
-unreachable for a whole lease period, the keeper sets ``cancel`` so the pipeline stops
-and cleans up; the caller then leaves the document alone.
+ours (reclaimed after a long pause, or released by an operator), the keeper sets
+``cancel`` so the pipeline stops and cleans up; the caller then leaves the document
+alone.
+
+A worker cut off from the store fences itself: each heartbeat request waits only a
+fraction of the lease (:func:`dfarchive.timeouts.heartbeat_timeout`), and a watchdog
+thread, which never touches the network, sets ``cancel`` once the lease could run out
+before the next renewal (:func:`dfarchive.timeouts.fence_after`), whether or not a
+heartbeat is still hanging and whether or not the network comes back. Another host may
+then take the run over; this one has stopped writing by then.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import threading
 import time
 from typing import Any
 
-from .errors import ClaimLost, StoreError, StoreUnavailable
+from .errors import Cancelled, ClaimLost, StoreError, StoreUnavailable
 from .runstate import timestamp
 from .store.base import Claim, RunStore, utc_now
+from .timeouts import fence_after, heartbeat_timeout
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,8 @@ class LeaseKeeper:
         self.claim = claim
         self.cancel = cancel
         self.interval = min(store.lease_seconds / 3, MAX_HEARTBEAT_INTERVAL)
+        self.request_timeout = heartbeat_timeout(store.lease_seconds)
+        self.fence_after = fence_after(store.lease_seconds)
         self.lost = False
         self._stop = threading.Event()
         self._progress: dict[str, Any] | None = None
@@ -39,6 +49,9 @@ class LeaseKeeper:
         self._last_renewed = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{claim.run_id}", daemon=True
+        )
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"fence-{claim.run_id}", daemon=True
         )
 
     def update_progress(self, done: int, total: int) -> None:
@@ -52,10 +65,20 @@ class LeaseKeeper:
         }
 
     def confirm(self) -> None:
-        """Renew now and raise ClaimLost if the run is no longer ours (before publishing)."""
-        if self.lost or not self.store.heartbeat(self.claim, self._progress):
-            self._lose("the claim was lost before publishing")
+        """Renew now, before publishing; a store that does not answer is retried until
+        the watchdog fences. Raises ClaimLost if the run is no longer ours, Cancelled if
+        the attempt was cancelled meanwhile."""
+        while not self.cancel.is_set():
+            try:
+                if self._renew():
+                    return
+                self._lose("the claim was lost before publishing")
+            except StoreUnavailable as error:
+                log.warning("[%s] renewal before publishing failed: %s", self.claim.run_id, error)
+                self.cancel.wait(self.interval)
+        if self.lost:
             raise ClaimLost(f"run {self.claim.run_id!r} is no longer held by this worker")
+        raise Cancelled(f"run {self.claim.run_id!r}: cancelled before publishing")
 
     def _lose(self, why: str) -> None:
         if not self.lost:
@@ -63,26 +86,46 @@ class LeaseKeeper:
         self.lost = True
         self.cancel.set()
 
+    def _renew(self) -> bool:
+        """One bounded heartbeat; False if the run is no longer ours. The lease then
+        runs from no earlier than the request's start, so that is the renewal time."""
+        started = time.monotonic()
+        with self.store.bounded(self.request_timeout):
+            if not self.store.heartbeat(self.claim, self._progress):
+                return False
+        self._last_renewed = max(self._last_renewed, started)
+        return True
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.interval) and not self.lost:
             try:
-                if not self.store.heartbeat(self.claim, self._progress):
+                if not self._renew():
                     self._lose("the run was taken over (lease reclaimed or released)")
                     return
-                self._last_renewed = time.monotonic()
             except StoreUnavailable as error:
-                silent = time.monotonic() - self._last_renewed
                 log.warning("[%s] heartbeat failed: %s", self.claim.run_id, error)
-                if silent >= self.store.lease_seconds:
-                    self._lose(f"the store was unreachable for {silent:.0f} s")
-                    return
             except StoreError as error:
                 log.error("[%s] heartbeat failed: %s", self.claim.run_id, error)
 
+    def _watch(self) -> None:
+        """Fence: stop the attempt once it is too late to renew the lease."""
+        while not self.lost:
+            silent = time.monotonic() - self._last_renewed
+            if silent >= self.fence_after:
+                self._lose(
+                    f"the lease ({self.store.lease_seconds:g} s) was not renewed for "
+                    f"{silent:.1f} s and may run out"
+                )
+                return
+            if self._stop.wait(self.fence_after - silent):
+                return
+
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._watchdog.join(timeout=60)
         self._thread.join(timeout=60)

@@ -16,6 +16,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware
 
 from .errors import DfArchiveError
+from .timeouts import amqp_url
 
 #: ``$DFARCHIVE_QUEUE`` lets several deployments (or test runs) share one RabbitMQ.
 QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
@@ -44,8 +45,9 @@ def broker_url(configured: str | None) -> str | None:
 
 
 def make_broker(url: str) -> RabbitmqBroker:
-    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared."""
-    broker = RabbitmqBroker(url=url, confirm_delivery=True)
+    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared; its
+    connects, reads and publishes are bounded (:mod:`dfarchive.timeouts`)."""
+    broker = RabbitmqBroker(url=amqp_url(url), confirm_delivery=True)
     broker.add_middleware(OnePrefetchPerThread())
     broker.declare_queue(QUEUE_NAME)
     return broker

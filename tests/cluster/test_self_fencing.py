@@ -1,0 +1,105 @@
+"""A worker cut off from the store stops its attempt by itself, before its lease ends.
+
+The store is reached through a relay that is made to hang: requests get no answer and
+no error, as over a partitioned link. No root needed: this runs everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from dfarchive import timeouts
+from dfarchive.attempt import Outcome, attempt_run
+from dfarchive.keys import resolve_recipient
+from dfarchive.pipeline import ArchiveSettings
+from dfarchive.store.base import NewRun
+from dfarchive.store.couchdb import CouchStore
+
+from .conftest import make_run, parse_time, poll, slow_tar
+from .relay import TcpRelay
+
+LEASE = 5.0
+
+
+@pytest.fixture
+def hung_store(couchdb_server, couchdb_database):
+    """``(store, relay)``: a CouchStore (lease LEASE) reaching the test server through
+    a relay that ``relay.pause()`` makes hang."""
+    target = urlsplit(couchdb_server.url)
+    with TcpRelay(("127.0.0.1", 0), (target.hostname, target.port)) as relay:
+        store = CouchStore(
+            f"http://127.0.0.1:{relay.address[1]}",
+            database=couchdb_database,
+            username=couchdb_server.username,
+            password=couchdb_server.password,
+            lease_seconds=LEASE,
+        )
+        store.setup()
+        try:
+            yield store, relay
+        finally:
+            relay.close()
+            store.close()
+
+
+def test_heartbeat_requests_wait_a_fraction_of_the_lease(hung_store):
+    store, relay = hung_store
+    store.register_many([NewRun("run_x", "/nowhere/run_x", "seqA")], worker_id="scanner")
+    claim = store.claim("run_x", worker_id="h1:1")
+    relay.pause()
+    started = time.monotonic()
+    with pytest.raises(Exception, match="server unreachable"), store.bounded(0.5):
+        store.heartbeat(claim)
+    waited = time.monotonic() - started
+    # one read timeout, no retries: not the 30 s timeout and 2 retries of other calls
+    assert waited < 1.5, waited
+    assert timeouts.heartbeat_timeout(LEASE) == 0.5
+    assert timeouts.heartbeat_timeout(300) == 30.0
+
+
+def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
+    hung_store, couchdb_server, couchdb_database, gnupg_home, tmp_path: Path, monkeypatch, caplog
+):
+    store, relay = hung_store
+    observer = couchdb_server.store(database=couchdb_database)  # not through the relay
+    monkeypatch.setenv("PATH", f"{slow_tar(tmp_path / 'slowbin')}:{os.environ['PATH']}")
+    run = make_run(tmp_path / "seq" / "seqA", "run_cut", 20 << 20)  # ~20 s of tar
+    store.register_many([NewRun("run_cut", str(run), "seqA")], worker_id="scanner")
+    settings = ArchiveSettings(destination_path=tmp_path / "archives", keys_path=tmp_path / "keys")
+    for folder in (settings.destination_path, settings.keys_path):
+        folder.mkdir()
+    recipient = resolve_recipient(gnupg_home.fingerprint, gnupg_home=gnupg_home.home)
+    outcome: list[Outcome] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            attempt_run(store, "run_cut", worker_id="h1:1", settings=settings, recipient=recipient)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    poll(
+        lambda: (observer.get("run_cut").get("progress") or {}).get("bytes_done", 0) > 0,
+        "run_cut in flight",
+        timeout=60,
+    )
+    assert list(settings.destination_path.iterdir()) != []  # the partial archive exists
+
+    relay.pause()  # from now on the worker's store calls hang
+    worker.join(timeout=3 * LEASE)
+    stopped = time.time()
+
+    assert not worker.is_alive(), "the attempt went on with its store unreachable"
+    assert outcome == [Outcome.LOST]
+    doc = observer.get("run_cut")
+    assert stopped < parse_time(doc["lease_expires_at"])  # before anyone may take over
+    assert doc["status"] == "processing" and doc["failure_count"] == 0  # counted nothing
+    assert [a["outcome"] for a in doc.get("attempts", [])] == []
+    assert list(settings.destination_path.iterdir()) == []  # the partial is gone
+    assert list(settings.keys_path.iterdir()) == []
+    assert "was not renewed" in caplog.text
