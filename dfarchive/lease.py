@@ -97,11 +97,15 @@ class LeaseKeeper:
         return True
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval) and not self.lost:
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())) and not self.lost:
+            started = time.monotonic()
+            due = started + self.interval / 2  # after a failure, retry twice as often
             try:
                 if not self._renew():
                     self._lose("the run was taken over (lease reclaimed or released)")
                     return
+                due = started + self.interval
             except StoreUnavailable as error:
                 log.warning("[%s] heartbeat failed: %s", self.claim.run_id, error)
             except StoreError as error:

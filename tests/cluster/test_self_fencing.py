@@ -17,6 +17,7 @@ import pytest
 from dfarchive import timeouts
 from dfarchive.attempt import Outcome, attempt_run
 from dfarchive.keys import resolve_recipient
+from dfarchive.lease import LeaseKeeper
 from dfarchive.pipeline import ArchiveSettings
 from dfarchive.store.base import NewRun
 from dfarchive.store.couchdb import CouchStore
@@ -103,3 +104,26 @@ def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
     assert list(settings.destination_path.iterdir()) == []  # the partial is gone
     assert list(settings.keys_path.iterdir()) == []
     assert "was not renewed" in caplog.text
+
+
+def test_a_short_outage_costs_no_run_the_lease_is_renewed_soon_after(
+    hung_store, couchdb_server, couchdb_database, caplog
+):
+    store, relay = hung_store
+    observer = couchdb_server.store(database=couchdb_database)
+    store.register_many([NewRun("run_blip", "/nowhere/run_blip", "seqA")], worker_id="scanner")
+    claim = store.claim("run_blip", worker_id="h1:1")
+    cancel = threading.Event()
+    with LeaseKeeper(store, claim, cancel) as keeper:
+        claimed = observer.get("run_blip")["_rev"]
+        poll(lambda: observer.get("run_blip")["_rev"] != claimed, "a first heartbeat", LEASE)
+        relay.pause()  # just after a renewal: the next heartbeat falls in the outage
+        poll(lambda: "heartbeat failed" in caplog.text, "a failed heartbeat", LEASE)
+        during = observer.get("run_blip")["_rev"]
+        relay.resume()
+        resumed = time.monotonic()
+        poll(lambda: observer.get("run_blip")["_rev"] != during, "a renewal", LEASE, every=0.05)
+        renewed_after = time.monotonic() - resumed
+    assert not cancel.is_set() and not keeper.lost
+    # retried at half the interval, not a whole interval after the failure
+    assert renewed_after < 0.75 * keeper.interval, renewed_after
