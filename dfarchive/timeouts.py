@@ -28,13 +28,16 @@ HEARTBEAT_FRACTION = 0.1
 #: ... but never less than this, and never more than an ordinary store read.
 HEARTBEAT_MIN_SECONDS = 0.5
 #: A worker stops its attempt once this fraction of the lease has passed since its
-#: last successful renewal: the rest of the lease is its time to stop and clean up.
+#: last successful renewal: the rest of the lease is its time to stop and clean up ...
 FENCE_FRACTION = 0.8
+#: ... less this: run documents store times to the whole second, rounded down, so a
+#: lease may end up to a second before its holder reckons.
+STAMP_RESOLUTION_SECONDS = 1.0
 
 #: AMQP (pika URL parameters), added to the broker URL unless it sets them itself.
 AMQP_PARAMETERS = {
-    "socket_timeout": "10",  # TCP connect
-    "stack_timeout": "15",  # the whole connection handshake
+    "socket_timeout": "5",  # TCP connect
+    "stack_timeout": "10",  # the whole connection handshake
     "connection_attempts": "1",  # Dramatiq reconnects by itself
     "heartbeat": "10",  # a silent connection is closed after about two of these
     "blocked_connection_timeout": "30",  # a broker blocking publishers (alarm)
@@ -53,7 +56,7 @@ def heartbeat_timeout(lease_seconds: float) -> float:
 
 def fence_after(lease_seconds: float) -> float:
     """Seconds without a renewal after which a worker gives its attempt up."""
-    return lease_seconds * FENCE_FRACTION
+    return max(lease_seconds * FENCE_FRACTION - STAMP_RESOLUTION_SECONDS, lease_seconds / 2)
 
 
 def amqp_url(url: str) -> str:

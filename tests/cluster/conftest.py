@@ -117,7 +117,7 @@ def record_recovery(recovery: Recovery) -> None:
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
+    return "-" if value is None else f"{value:.0f} s"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
