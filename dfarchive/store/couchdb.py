@@ -108,6 +108,7 @@ class CouchStore(RunStore):
         self._update_locks = [threading.Lock() for _ in range(UPDATE_LOCK_STRIPES)]
         self._main_client = self._new_client(self.timeout, retries)
         self._bounded_clients: dict[float, CloudantV1] = {}
+        self._clients_lock = threading.Lock()
         self._thread = threading.local()
 
     def __repr__(self) -> str:
@@ -130,7 +131,7 @@ class CouchStore(RunStore):
         """Requests this thread makes inside the block wait at most ``seconds`` to
         connect and for each read, and are not retried (heartbeats: the next one is the
         retry). They use a client of their own, with its own session login."""
-        with self._count_lock:
+        with self._clients_lock:
             if seconds not in self._bounded_clients:
                 self._bounded_clients[seconds] = self._new_client(seconds, 0)
             client = self._bounded_clients[seconds]
