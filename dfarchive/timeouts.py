@@ -26,7 +26,7 @@ STORE_RETRIES = 2
 #: heartbeat is the retry) ...
 HEARTBEAT_FRACTION = 0.1
 #: ... but never less than this, and never more than an ordinary store read.
-HEARTBEAT_MIN_SECONDS = 0.5
+HEARTBEAT_MIN_SECONDS = 1.0
 #: A worker stops its attempt once this fraction of the lease has passed since its
 #: last successful renewal: the rest of the lease is its time to stop and clean up ...
 FENCE_FRACTION = 0.8

@@ -98,10 +98,13 @@ def poll(predicate: Callable[[], Any], what: str, timeout: float, *, every: floa
 
 @dataclass(frozen=True)
 class Recovery:
-    """What one fault cost: seconds from the fault to each step, and attempts counted."""
+    """What one fault cost: seconds from the fault to each step (the cut-off worker
+    stopping its attempt, the lease expiring, the reclaim, the archive), and the
+    attempts counted."""
 
     fault: str
     outcome: str
+    fenced: float | None
     lease_expired: float | None
     reclaimed: float | None
     archived: float
@@ -125,11 +128,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("network partitions: recovery")
-    write("| fault | outcome | lease expiry | reclaimed | archived | attempts counted |")
-    write("| --- | --- | --- | --- | --- | --- |")
+    write("| fault | outcome | attempt stopped | lease expiry | reclaimed | archived | counted |")
+    write("| --- | --- | --- | --- | --- | --- | --- |")
     for r in RECOVERIES:
         write(
-            f"| {r.fault} | {r.outcome} | {_seconds(r.lease_expired)} | "
+            f"| {r.fault} | {r.outcome} | {_seconds(r.fenced)} | {_seconds(r.lease_expired)} | "
             f"{_seconds(r.reclaimed)} | {_seconds(r.archived)} | {r.attempts_counted} |"
         )
 

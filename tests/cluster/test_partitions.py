@@ -48,7 +48,9 @@ def start(c: Cluster, runs: dict[str, int], victim_host: str) -> str:
     return victim
 
 
-def recovery(fault: str, doc: dict[str, Any], fault_at: float) -> Recovery:
+def recovery(
+    fault: str, doc: dict[str, Any], fault_at: float, fenced: float | None = None
+) -> Recovery:
     """Seconds from ``fault_at`` to the lease expiry, the reclaim and the archive of
     ``doc``'s run, as its attempt history tells them."""
     attempts = doc["attempts"]
@@ -62,6 +64,7 @@ def recovery(fault: str, doc: dict[str, Any], fault_at: float) -> Recovery:
     return Recovery(
         fault=fault,
         outcome=f"encrypted once by {holder(doc)}",
+        fenced=fenced,
         lease_expired=lease_expired,
         reclaimed=reclaimed,
         archived=parse_time(attempts[-1]["ended_at"]) - fault_at,
@@ -134,7 +137,8 @@ def test_a_worker_host_cut_off_longer_than_the_lease_loses_its_run_cleanly(clust
     lose_link(c, "h1", to)
     fault_at = time.time()
     # h1 stops its attempt by itself, before its lease runs out, while still cut off
-    poll(lambda: FENCED in c.log("h1"), "h1 fencing itself", timeout=LEASE * 2)
+    poll(lambda: FENCED in c.log("h1"), "h1 fencing itself", timeout=LEASE * 2, every=0.1)
+    fenced = time.time() - fault_at
     c.wait_for(
         lambda docs: holder(docs[victim]) in ("h2", "h3"),
         f"{victim} taken over by another host",
@@ -152,7 +156,7 @@ def test_a_worker_host_cut_off_longer_than_the_lease_loses_its_run_cleanly(clust
     doc = docs[victim]
     assert holder(doc) in ("h2", "h3") and doc["failure_count"] == 1, doc
     assert taken["_rev"] != doc["_rev"]
-    record_recovery(recovery(fault, doc, fault_at))
+    record_recovery(recovery(fault, doc, fault_at, fenced))
 
 
 def test_a_link_back_before_the_lease_runs_out_leaves_the_run_to_its_holder(cluster):
@@ -244,13 +248,18 @@ def test_every_worker_host_partitioned_at_once_for_two_leases(cluster):
     for host in WORKERS:
         c.network.cut(host)
     fault_at = time.time()
+    poll(
+        lambda: all(FENCED in c.log(host) for host in set(held.values())),
+        "every host holding a run fencing itself",
+        timeout=LEASE * 2,
+        every=0.1,
+    )
+    fenced = time.time() - fault_at
     c.wait_for(
         lambda docs: all(docs[r]["status"] == "pending" for r in held),
         "every held run reclaimed",
         SETTLE_SECONDS,
     )
-    for host in set(held.values()):
-        assert FENCED in c.log(host), host
     outage(fault_at, 2 * LEASE)
     for host in WORKERS:
         c.network.heal(host)
@@ -265,4 +274,6 @@ def test_every_worker_host_partitioned_at_once_for_two_leases(cluster):
         else:
             assert doc["failure_count"] == 0
     slowest = max((docs[r] for r in held), key=lambda doc: doc["attempts"][-1]["ended_at"])
-    record_recovery(recovery("every worker host partitioned for 2 leases", slowest, fault_at))
+    record_recovery(
+        recovery("every worker host partitioned for 2 leases", slowest, fault_at, fenced)
+    )

@@ -16,6 +16,7 @@ import pytest
 
 from dfarchive import timeouts
 from dfarchive.attempt import Outcome, attempt_run
+from dfarchive.errors import StoreUnavailable
 from dfarchive.keys import resolve_recipient
 from dfarchive.lease import LeaseKeeper
 from dfarchive.pipeline import ArchiveSettings
@@ -55,13 +56,12 @@ def test_heartbeat_requests_wait_a_fraction_of_the_lease(hung_store):
     claim = store.claim("run_x", worker_id="h1:1")
     relay.pause()
     started = time.monotonic()
-    with pytest.raises(Exception, match="server unreachable"), store.bounded(0.5):
+    bound = timeouts.heartbeat_timeout(LEASE)
+    with pytest.raises(StoreUnavailable, match="server unreachable"), store.bounded(bound):
         store.heartbeat(claim)
     waited = time.monotonic() - started
     # one read timeout, no retries: not the 30 s timeout and 2 retries of other calls
-    assert waited < 1.5, waited
-    assert timeouts.heartbeat_timeout(LEASE) == 0.5
-    assert timeouts.heartbeat_timeout(300) == 30.0
+    assert bound <= waited < bound + 1.0, waited
 
 
 def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
