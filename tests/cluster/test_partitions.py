@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Cluster, Recovery, parse_time, poll, record_recovery
+from .support import Cluster, Recovery, parse_time, poll, record_recovery
 
 LEASE = 6.0
 WORKERS = ("h1", "h2", "h3")

@@ -23,8 +23,8 @@ from dfarchive.pipeline import ArchiveSettings
 from dfarchive.store.base import NewRun
 from dfarchive.store.couchdb import CouchStore
 
-from .conftest import make_run, parse_time, poll, slow_tar
 from .relay import TcpRelay
+from .support import make_run, parse_time, poll, slow_tar
 
 LEASE = 5.0
 
