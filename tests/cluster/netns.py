@@ -22,6 +22,7 @@ Names carry a per-run prefix, so parallel test runs do not collide.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import subprocess
@@ -143,6 +144,7 @@ def leftovers(prefix: str) -> list[str]:
     return [name for name in names + links if name.startswith(prefix)]
 
 
+@functools.cache
 def can_build_networks() -> str | None:
     """None if this process can build namespaces and bridges, else why not."""
     if os.geteuid() != 0:

@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
+from .netns import can_build_networks
 from .support import Cluster, Recovery, parse_time, poll, record_recovery
+
+pytestmark = pytest.mark.skipif(
+    can_build_networks() is not None, reason=f"cluster tests {can_build_networks()}"
+)
 
 LEASE = 6.0
 WORKERS = ("h1", "h2", "h3")
