@@ -38,6 +38,7 @@ from .errors import (
     DfArchiveError,
     OutOfSpace,
     RecipientError,
+    StoreError,
     StoreUnavailable,
     ToolError,
     UnknownRun,
@@ -292,6 +293,8 @@ def _archive_claimed(
     except (Cancelled, ClaimLost) as error:
         if lease.lost:
             return Outcome.LOST, None
+        if lease.fenced:
+            return _release_fenced(store, claim, lease), None
         reason = f"cancelled: {error}"
         _end(store, claim, lambda: store.release(claim, reason))
         log.info("[%s] cancelled; released back to pending", run_id)
@@ -324,6 +327,21 @@ def _archive_claimed(
         return Outcome.LOST, None
     remove_legacy_key_leftover(settings.destination_path, run_id)
     return Outcome.ENCRYPTED, record
+
+
+def _release_fenced(store: RunStore, claim: Claim, lease: LeaseKeeper) -> Outcome:
+    """The attempt stopped because the lease could not be renewed: one bounded try to
+    release the run uncounted. If the store still does not answer, or the run was
+    reclaimed meanwhile, the run is left to its lease (and its new holder)."""
+    reason = f"fenced: {lease.fenced}"
+    try:
+        with store.bounded(lease.request_timeout):
+            store.release(claim, reason)
+    except (StoreError, ClaimLost) as error:
+        log.warning("[%s] %s; not released (%s): left to its lease", claim.run_id, reason, error)
+        return Outcome.LOST
+    log.info("[%s] %s; released back to pending", claim.run_id, reason)
+    return Outcome.RELEASED
 
 
 def _failed(

@@ -2,13 +2,16 @@
 
 A background thread renews the lease (heartbeat) every ``interval`` seconds and writes
 the latest progress into the run document. If the store says the run is no longer
-ours (reclaimed after a long pause, or released by an operator), or the store has been
-unreachable for a whole lease period, the keeper sets ``cancel`` so the pipeline stops
-and cleans up; the caller then leaves the document alone.
+ours (reclaimed after a long pause, or released by an operator), the keeper sets
+``cancel`` so the pipeline stops and cleans up; the caller then leaves the document
+alone.
 
-Just before publishing, :meth:`LeaseKeeper.confirm` renews once more on the caller's
-thread; a store that is unreachable then is waited for while the lease lasts, never
-counted against the run.
+A worker cut off from the store fences itself: each heartbeat request waits only a
+fraction of the lease (:func:`dfarchive.timeouts.heartbeat_timeout`), and a watchdog
+thread, which never touches the network, sets ``cancel`` once the lease could run out
+before the next renewal (:func:`dfarchive.timeouts.fence_after`), whether or not a
+heartbeat is still hanging and whether or not the network comes back. Another host may
+then take the run over; this one has stopped writing by then.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from typing import Any
 from .errors import Cancelled, ClaimLost, StoreError, StoreUnavailable
 from .runstate import timestamp
 from .store.base import Claim, RunStore, utc_now
+from .timeouts import fence_after, heartbeat_timeout
 
 log = logging.getLogger(__name__)
 
 #: Progress reaches the document at least this often, whatever the lease length.
 MAX_HEARTBEAT_INTERVAL = 30.0
-#: First wait before :meth:`LeaseKeeper.confirm` asks an unreachable store again.
-CONFIRM_RETRY_FIRST = 0.5
 
 
 class LeaseKeeper:
@@ -38,13 +40,19 @@ class LeaseKeeper:
         self.claim = claim
         self.cancel = cancel
         self.interval = min(store.lease_seconds / 3, MAX_HEARTBEAT_INTERVAL)
+        self.request_timeout = heartbeat_timeout(store.lease_seconds)
+        self.fence_after = fence_after(store.lease_seconds)
         self.lost = False
+        self.fenced: str | None = None  # why the watchdog stopped the attempt, if it did
         self._stop = threading.Event()
         self._progress: dict[str, Any] | None = None
         self._started = time.monotonic()
         self._last_renewed = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{claim.run_id}", daemon=True
+        )
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"fence-{claim.run_id}", daemon=True
         )
 
     def update_progress(self, done: int, total: int) -> None:
@@ -58,45 +66,20 @@ class LeaseKeeper:
         }
 
     def confirm(self) -> None:
-        """Renew now, the last check before publishing: this thread renews from here on.
-
-        While the store is unreachable, retries until the lease would run out, then
-        raises Cancelled (not the run's fault: the caller releases it uncounted).
-        Raises ClaimLost if the run is no longer ours.
-        """
-        self._stop_renewing()
-        delay = CONFIRM_RETRY_FIRST
-        while not self.lost:
+        """Renew now, before publishing; a store that does not answer is retried until
+        the watchdog fences. Raises ClaimLost if the run is no longer ours, Cancelled if
+        the attempt was cancelled meanwhile."""
+        while not self.cancel.is_set():
             try:
-                renewed = self.store.heartbeat(self.claim, self._progress)
+                if self._renew():
+                    return
+                self._lose("the claim was lost before publishing")
             except StoreUnavailable as error:
-                silent = time.monotonic() - self._last_renewed
-                left = self.store.lease_seconds - silent
-                if left <= 0:
-                    raise Cancelled(
-                        f"the store was unreachable for {silent:.0f} s just before publishing "
-                        f"({error}); the lease ran out, so nothing was published"
-                    ) from None
-                log.warning(
-                    "[%s] store unreachable before publishing (%s); retrying for %.0f s more",
-                    self.claim.run_id,
-                    error,
-                    left,
-                )
-                if self.cancel.wait(min(delay, left)):
-                    return  # the pipeline's own cancel check stops the attempt
-                delay = min(delay * 2, self.interval)
-                continue
-            if renewed:
-                self._last_renewed = time.monotonic()
-                return
-            self._lose("the claim was lost before publishing")
-        raise ClaimLost(f"run {self.claim.run_id!r} is no longer held by this worker")
-
-    def _stop_renewing(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+                log.warning("[%s] renewal before publishing failed: %s", self.claim.run_id, error)
+                self.cancel.wait(self.interval)
+        if self.lost:
+            raise ClaimLost(f"run {self.claim.run_id!r} is no longer held by this worker")
+        raise Cancelled(f"run {self.claim.run_id!r}: cancelled before publishing")
 
     def _lose(self, why: str) -> None:
         if not self.lost:
@@ -104,26 +87,55 @@ class LeaseKeeper:
         self.lost = True
         self.cancel.set()
 
+    def _renew(self) -> bool:
+        """One bounded heartbeat; False if the run is no longer ours. The lease then
+        runs from no earlier than the request's start, so that is the renewal time."""
+        started = time.monotonic()
+        with self.store.bounded(self.request_timeout):
+            if not self.store.heartbeat(self.claim, self._progress):
+                return False
+        self._last_renewed = max(self._last_renewed, started)
+        return True
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())) and not self.cancel.is_set():
+            started = time.monotonic()
+            due = started + self.interval / 2  # after a failure, retry twice as often
             try:
-                if not self.store.heartbeat(self.claim, self._progress):
+                if not self._renew():
                     self._lose("the run was taken over (lease reclaimed or released)")
                     return
-                self._last_renewed = time.monotonic()
+                due = started + self.interval
             except StoreUnavailable as error:
-                silent = time.monotonic() - self._last_renewed
                 log.warning("[%s] heartbeat failed: %s", self.claim.run_id, error)
-                if silent >= self.store.lease_seconds:
-                    self._lose(f"the store was unreachable for {silent:.0f} s")
-                    return
             except StoreError as error:
                 log.error("[%s] heartbeat failed: %s", self.claim.run_id, error)
 
+    def _watch(self) -> None:
+        """Fence: stop the attempt once it is too late to renew the lease.
+
+        The run is not lost (the store never said so): once the store answers again, the
+        caller releases it uncounted, unless it was reclaimed meanwhile."""
+        while not self.cancel.is_set():
+            silent = time.monotonic() - self._last_renewed
+            if silent >= self.fence_after:
+                self.fenced = (
+                    f"the lease ({self.store.lease_seconds:g} s) was not renewed for "
+                    f"{silent:.1f} s (store unreachable) and may run out"
+                )
+                log.warning("[%s] %s; abandoning this attempt", self.claim.run_id, self.fenced)
+                self.cancel.set()
+                return
+            if self._stop.wait(self.fence_after - silent):
+                return
+
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._watchdog.join(timeout=60)
         self._thread.join(timeout=60)

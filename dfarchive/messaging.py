@@ -18,6 +18,7 @@ from dramatiq.middleware import Middleware
 
 from .config import add_broker_secrets, broker_url_problem
 from .errors import DfArchiveError
+from .timeouts import amqp_url
 
 #: ``$DFARCHIVE_QUEUE`` lets several deployments (or test runs) share one RabbitMQ.
 QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
@@ -54,14 +55,15 @@ def broker_url(configured: str | None) -> str | None:
 
 
 def make_broker(url: str) -> RabbitmqBroker:
-    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared.
+    """A RabbitMQ broker with publisher confirms and dfarchive's queue declared; its
+    connects, reads and publishes are bounded (:mod:`dfarchive.timeouts`).
 
     Raises: BrokerError for a malformed URL (quoting none of it).
     """
     problem = broker_url_problem(url)
     if problem:
         raise BrokerError(problem)
-    broker = RabbitmqBroker(url=url, confirm_delivery=True)
+    broker = RabbitmqBroker(url=amqp_url(url), confirm_delivery=True)
     broker.add_middleware(OnePrefetchPerThread())
     broker.declare_queue(QUEUE_NAME)
     return broker

@@ -134,15 +134,19 @@ class ExternalCouchServer(CouchServer):
 
 
 class NodeCouchServer(CouchServer):
-    """``node tests/couchdb/server.js`` on 127.0.0.1, in memory or on disk (``data_dir``).
+    """``node tests/couchdb/server.js`` on ``host`` (127.0.0.1 by default), in memory or
+    on disk (``data_dir``).
 
     The first start picks a free port; later starts reuse it, so URLs stay valid across
     :meth:`restart`. On disk, the databases survive restarts.
     """
 
-    def __init__(self, *, log_path: Path, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, log_path: Path, data_dir: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
         super().__init__("", "admin", secrets.token_urlsafe(12))
         self.log_path = log_path
+        self.host = host
         self.data_dir = data_dir
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -160,7 +164,7 @@ class NodeCouchServer(CouchServer):
             pytest.fail(f"node is not on PATH: {INSTALL_HINT}", pytrace=False)
         if not (SERVER_DIR / "node_modules" / "express-pouchdb").is_dir():
             pytest.fail(f"tests/couchdb/node_modules is missing: {INSTALL_HINT}", pytrace=False)
-        command = [node, str(SERVER_JS), "--port", str(self.port)]
+        command = [node, str(SERVER_JS), "--port", str(self.port), "--host", self.host]
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             command += ["--dir", str(self.data_dir)]
@@ -171,7 +175,7 @@ class NodeCouchServer(CouchServer):
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env
             )
         self.port = self._read_port(deadline)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}:{self.port}"
         threading.Thread(target=self._drain_stdout, daemon=True).start()
         self.wait_ready(deadline)
         return self

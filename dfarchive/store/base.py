@@ -9,6 +9,7 @@ nothing is ever overwritten blindly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -162,6 +163,11 @@ class RunStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Release connections. The store is unusable afterwards."""
+
+    def bounded(self, seconds: float) -> contextlib.AbstractContextManager[None]:
+        """Network calls this thread makes inside the block wait at most about
+        ``seconds`` each, without retries (heartbeats). A no-op for local stores."""
+        return contextlib.nullcontext()
 
     def __enter__(self) -> RunStore:
         return self

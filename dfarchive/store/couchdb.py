@@ -12,9 +12,10 @@ Messages name the server URL without credentials and the database, never a passw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -30,6 +31,7 @@ from ibmcloudant.couchdb_session_authenticator import CouchDbSessionAuthenticato
 
 from ..errors import StoreAuthError, StoreError, StoreUnavailable
 from ..runstate import RunDocument
+from ..timeouts import STORE_RETRIES, store_timeout
 from .base import Changes, RunStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ SETUP_ROUNDS = 5
 #: Retries of a request that failed to connect, timed out or got a 429/5xx. Writes are
 #: retried too: a write that committed but whose reply was lost comes back as a 409,
 #: which the compare-and-swap loop re-reads and recognises as its own.
-DEFAULT_RETRIES = 2
+DEFAULT_RETRIES = STORE_RETRIES
 #: Longest wait between two retries, in seconds.
 RETRY_INTERVAL_SECONDS = 2.0
 
@@ -71,7 +73,8 @@ class CouchStore(RunStore):
       database: the database holding the run documents.
       username, password: CouchDB credentials; without a username, no authentication.
       auth: ``"basic"`` (HTTP basic on every request) or ``"session"`` (cookie session).
-      timeout: seconds to wait for a connection or a reply, per attempt.
+      timeout: seconds to wait for a connection or a reply, per attempt; or
+        ``(connect, read)`` seconds (default: :func:`dfarchive.timeouts.store_timeout`).
       retries: extra attempts for a request that failed to connect, timed out or got a
         429/5xx (0 disables the SDK's retries).
       options: passed to :class:`RunStore` (``max_attempts``, ``lease_seconds``, ``clock``).
@@ -91,7 +94,7 @@ class CouchStore(RunStore):
         username: str | None = None,
         password: str | None = None,
         auth: str = "basic",
-        timeout: float = 30,
+        timeout: float | tuple[float, float] | None = None,
         retries: int = DEFAULT_RETRIES,
         **options: Any,
     ) -> None:
@@ -102,18 +105,16 @@ class CouchStore(RunStore):
         self.database = database
         self.username = username or None
         self.auth = auth
-        self.timeout = timeout
+        self.timeout = store_timeout() if timeout is None else timeout
         self._secret = password or None
         self._count_lock = threading.Lock()
         self._request_count = 0
         self._login_status: int | None = None
         self._update_locks = [threading.Lock() for _ in range(UPDATE_LOCK_STRIPES)]
-        self._client = CloudantV1(authenticator=self._authenticator(password))
-        self._client.set_service_url(self.url)
-        self._client.set_http_config({"timeout": timeout})
-        if retries > 0:
-            self._client.enable_retries(max_retries=retries, retry_interval=RETRY_INTERVAL_SECONDS)
-        self._client.get_http_client().hooks["response"].append(self._observe_response)
+        self._main_client = self._new_client(self.timeout, retries)
+        self._bounded_clients: dict[float, CloudantV1] = {}
+        self._clients_lock = threading.Lock()
+        self._thread = threading.local()
 
     def __repr__(self) -> str:
         return (
@@ -127,7 +128,38 @@ class CouchStore(RunStore):
         return self._request_count
 
     def close(self) -> None:
-        self._client.get_http_client().close()
+        for client in (self._main_client, *self._bounded_clients.values()):
+            client.get_http_client().close()
+
+    @contextlib.contextmanager
+    def bounded(self, seconds: float) -> Iterator[None]:
+        """Requests this thread makes inside the block wait at most ``seconds`` to
+        connect and for each read, and are not retried (heartbeats: the next one is the
+        retry). They use a client of their own, with its own session login."""
+        with self._clients_lock:
+            if seconds not in self._bounded_clients:
+                self._bounded_clients[seconds] = self._new_client(seconds, 0)
+            client = self._bounded_clients[seconds]
+        outer = getattr(self._thread, "client", None)
+        self._thread.client = client
+        try:
+            yield
+        finally:
+            self._thread.client = outer
+
+    @property
+    def _client(self) -> CloudantV1:
+        """The client for this thread: a bounded one inside :meth:`bounded`."""
+        return getattr(self._thread, "client", None) or self._main_client
+
+    def _new_client(self, timeout: float | tuple[float, float], retries: int) -> CloudantV1:
+        client = CloudantV1(authenticator=self._authenticator(self._secret))
+        client.set_service_url(self.url)
+        client.set_http_config({"timeout": timeout})
+        if retries > 0:
+            client.enable_retries(max_retries=retries, retry_interval=RETRY_INTERVAL_SECONDS)
+        client.get_http_client().hooks["response"].append(self._observe_response)
+        return client
 
     # -- primitives -------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 'use strict';
 // CouchDB-compatible test server for dfarchive: express-pouchdb on PouchDB.
-// Usage: node server.js --port PORT [--dir PATH]
+// Usage: node server.js --port PORT [--dir PATH] [--host ADDRESS]
 //   --port 0 picks a free port; "LISTENING <port>" is printed once it accepts requests.
 //   --dir keeps the databases on disk (leveldb) across restarts; in memory without it.
+//   --host is the address to listen on (127.0.0.1 by default).
 // Admin credentials come from COUCHDB_USER / COUCHDB_PASSWORD (never from argv). With an
 // admin set, requests without credentials get 401, like CouchDB 3's admin-only databases.
 const path = require('path');
@@ -12,7 +13,11 @@ const fs = require('fs');
 const http = require('http');
 
 const { values: args } = parseArgs({
-  options: { port: { type: 'string', default: '0' }, dir: { type: 'string' } },
+  options: {
+    port: { type: 'string', default: '0' },
+    dir: { type: 'string' },
+    host: { type: 'string', default: '127.0.0.1' },
+  },
 });
 const user = process.env.COUCHDB_USER;
 const password = process.env.COUCHDB_PASSWORD;
@@ -76,7 +81,7 @@ function handle(req, res) {
 
 function listen() {
   const server = http.createServer(handle);
-  server.listen(Number(args.port), '127.0.0.1', () => {
+  server.listen(Number(args.port), args.host, () => {
     console.log(`LISTENING ${server.address().port}`);
   });
   server.on('error', (err) => {
