@@ -99,11 +99,17 @@ def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
     assert list(settings.destination_path.iterdir()) != []  # the partial archive exists
 
     relay.pause()  # from now on the worker's store calls hang
-    worker.join(timeout=3 * LEASE)
+    poll(
+        lambda: not list(settings.destination_path.iterdir()),
+        "the cut worker to stop writing and remove its partial archive",
+        timeout=3 * LEASE,
+        every=0.05,
+    )
     stopped = time.time()
+    worker.join(timeout=LEASE)  # after one bounded try to release the run uncounted
 
     assert not worker.is_alive(), "the attempt went on with its store unreachable"
-    assert outcome == [Outcome.LOST]
+    assert outcome == [Outcome.LOST]  # the store never answered the release either
     doc = observer.get("run_cut")
     assert stopped < parse_time(doc["lease_expires_at"])  # before anyone may take over
     assert doc["status"] == "processing" and doc["failure_count"] == 0  # counted nothing
