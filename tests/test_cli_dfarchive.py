@@ -172,8 +172,8 @@ def test_status_table(store: SqliteStore, archived: ArchivedRun, capsys) -> None
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == [
-        "RUN", "SEQUENCER", "STATUS", "PROGRESS", "MB/S", "WORKER", "AGE", "FAILS", "LAST",
-        "ERROR",
+        "RUN", "SEQUENCER", "STATUS", "PROGRESS", "MB/S", "WORKER", "AGE", "FAILS", "FIXITY",
+        "LAST", "ERROR",
     ]  # fmt: skip
     failed = next(line for line in lines if line.startswith("run_failed"))
     assert failed.split()[:3] == ["run_failed", "A", "failed"]
