@@ -105,14 +105,17 @@ def audit_and_record(
     *,
     yield_to_archiving: bool = False,
     on_read: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[fixity.Check, VerifyReport | None]:
     """Audit ``doc`` and record the outcome in the store.
 
     With ``yield_to_archiving`` the audit is not started, or is stopped, when a run is
     pending (looked for every YIELD_CHECK_SECONDS while reading): raises Yielded,
-    recording nothing. Raises Cancelled, UnknownRun, TransitionRefused, StoreError.
+    recording nothing. Setting ``cancel`` stops it too (Cancelled, nothing recorded).
+    Raises UnknownRun, TransitionRefused, StoreError.
     """
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
+    stop_for_archiving = threading.Event()
     if yield_to_archiving and archive_work_waiting(store):
         raise Yielded(f"[{doc['_id']}] audit not started: archive work is waiting")
     next_look = time.monotonic() + YIELD_CHECK_SECONDS
@@ -124,12 +127,13 @@ def audit_and_record(
         if yield_to_archiving and time.monotonic() >= next_look:
             next_look = time.monotonic() + YIELD_CHECK_SECONDS
             if archive_work_waiting(store):
+                stop_for_archiving.set()
                 cancel.set()
 
     try:
         check, report = audit(doc, settings, cancel=cancel, on_read=read)
     except Cancelled:
-        if yield_to_archiving and cancel.is_set():
+        if stop_for_archiving.is_set():
             raise Yielded(f"[{doc['_id']}] audit stopped: archive work arrived") from None
         raise
     store.record_fixity(doc["_id"], check.record())

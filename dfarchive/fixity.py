@@ -84,6 +84,12 @@ def due_at(doc: Mapping[str, Any], interval: timedelta) -> datetime | None:
     return base + interval * (1 + spread_fraction(str(doc.get("_id"))))
 
 
+def due_order(doc: Mapping[str, Any], interval: timedelta) -> float:
+    """A sort key: the due time as Unix time (runs that can't be audited last)."""
+    when = due_at(doc, interval)
+    return float("inf") if when is None else when.timestamp()
+
+
 def is_due(doc: Mapping[str, Any], now: datetime, interval: timedelta) -> bool:
     when = due_at(doc, interval)
     return when is not None and when <= now

@@ -315,3 +315,65 @@ def test_store_metrics_count_results_and_the_oldest_check(store: SqliteStore) ->
         if line.startswith("dfarchive_fixity_oldest_check_age_seconds ")
     )
     assert 86400 <= age < 86400 + 60
+
+
+# -- the one-host loop (dataflow_archive without a broker) ---------------------------------
+
+
+def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home) -> None:
+    import threading
+
+    import yaml
+
+    from dfarchive import localrun
+    from dfarchive.config import load_config
+    from dfarchive.startup import prepare
+
+    for name in ("seq/seqA/run_l", "archives", "keys"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "keys").chmod(0o700)
+    (tmp_path / "seq/seqA/run_l/data.bin").write_bytes(os.urandom(200_000))
+    (tmp_path / "seq/seqA/run_l/.metadata_rsync_exitcode").write_text("0")
+    path = tmp_path / "df_archive.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "statusdb": {"url": f"sqlite:{tmp_path / 'runs.sqlite3'}"},
+                "sequencing_path": str(tmp_path / "seq"),
+                "destination_path": str(tmp_path / "archives"),
+                "keys_path": str(tmp_path / "keys"),
+                "gpg_receiver": gnupg_home.fingerprint,
+                "scan_interval": 0.2,
+                "fixity_interval_days": 1 / 86400,  # one second
+            }
+        )
+    )
+    runtime = prepare(load_config(path))
+    archiver = localrun.LocalArchiver(runtime)
+    thread = threading.Thread(target=archiver.run, daemon=True)
+    thread.start()
+
+    def wait_for(result: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            doc = runtime.store.get("run_l")
+            if doc and (doc.get("fixity") or {}).get("result") == result:
+                return doc
+            time.sleep(0.1)  # polling the store with a deadline
+        raise AssertionError(f"no {result} audit recorded: {runtime.store.get('run_l')}")
+
+    try:
+        doc = wait_for("ok")
+        assert doc["status"] == "encrypted" and doc["fixity"]["host"] == runtime.worker_id
+        archive = Path(doc["archive"]["file"])
+        data = bytearray(archive.read_bytes())
+        data[-100] ^= 0x40
+        archive.write_bytes(bytes(data))
+        doc = wait_for("failed")
+        assert "SHA-256 is" in doc["fixity"]["reason"]
+        assert doc["fixity_history"][-1]["result"] == "ok"
+    finally:
+        archiver.stop()
+        thread.join(30)
+        runtime.store.close()
+    assert not thread.is_alive()
