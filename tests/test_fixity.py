@@ -377,3 +377,40 @@ def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home)
         thread.join(30)
         runtime.store.close()
     assert not thread.is_alive()
+
+
+# -- archiving wins ---------------------------------------------------------------------
+
+
+def test_an_audit_gives_way_to_a_run_becoming_pending(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dfarchive import audit
+
+    data = os.urandom(1 << 20) * 24
+    archive = tmp_path / "run_a.tar.gpg"
+    archive.write_bytes(data)
+    archived_run(store, "run_a")
+    doc = store.get("run_a")
+    assert doc is not None
+    doc["archive"] = {"file": str(archive), "size": len(data), "sha256": "00", "key_file": "/k"}
+    monkeypatch.setattr(audit, "YIELD_CHECK_SECONDS", 0.0)  # look at every read
+    reads: list[int] = []
+
+    def new_run_arrives(n: int) -> None:
+        reads.append(n)
+        if len(reads) == 1:
+            store.register_many([NewRun("run_new", "/seq/new", "A")], worker_id="h")
+
+    settings = audit.AuditSettings(limiter=fixity.RateLimiter(50 * fixity.MB))
+    with pytest.raises(audit.Yielded, match=r"\[run_a\] audit stopped: archive work arrived"):
+        audit.audit_and_record(
+            store, doc, settings, yield_to_archiving=True, on_read=new_run_arrives
+        )
+    assert sum(reads) < len(data)  # stopped part-way
+    assert "fixity" not in store.get("run_a")  # type: ignore[operator]
+    with pytest.raises(audit.Yielded, match=r"\[run_a\] audit not started"):
+        audit.audit_and_record(store, doc, settings, yield_to_archiving=True)
+    check, report = audit.audit_and_record(store, doc, settings)  # an operator's: no yielding
+    assert check.result == "failed" and report is not None and report.bytes_read == len(data)
+    assert store.get("run_a")["fixity"]["result"] == "failed"  # type: ignore[index]

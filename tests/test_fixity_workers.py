@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pika
 import pytest
 import requests
 import yaml
@@ -53,12 +52,7 @@ def facility(
     try:
         yield made
     finally:
-        made.stop_all()
-        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        channel = connection.channel()
-        for suffix in (".fixity", ".fixity.DQ", ".fixity.XQ"):
-            channel.queue_delete(queue_name + suffix)
-        connection.close()
+        made.stop_all()  # the queue_name fixture deletes the queues, the fixity one too
 
 
 def adopt_legacy_runs(facility: Deployment, count: int) -> list[str]:
