@@ -197,7 +197,7 @@ def audit_run(run_id: str) -> None:
             on_read=_fixity_metrics.read if _fixity_metrics is not None else None,
         )
     except (Yielded, Shutdown) as reason:
-        log.info("[%s] audit postponed: %s", run_id, reason or "worker shutting down")
+        log.info("[%s] audit postponed: %s", run_id, str(reason) or "worker shutting down")
         _send_again(run_id)
         return
     except DfArchiveError as error:
