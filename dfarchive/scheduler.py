@@ -276,11 +276,12 @@ def run_scheduler(
                     enqueue_audit=lambda run: enqueue_fixity(broker, run),
                 )
                 log.info(
-                    "pass: %d complete runs, %d new, %d reclaimed, %d enqueued",
+                    "pass: %d complete runs, %d new, %d reclaimed, %d enqueued, %d audits sent",
                     report.found,
                     len(report.registered),
                     len(report.reclaimed),
                     len(report.enqueued),
+                    len(report.audits),
                 )
             except (StoreUnavailable, BrokerError) as error:
                 log.error("scheduling pass failed, retrying next interval: %s", error)
