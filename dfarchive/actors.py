@@ -17,6 +17,12 @@ pending; the scheduler sends it again after its re-enqueue window, an hour by
 default, or on its next pass for a run an attempt released). The key is checked again
 at most every ``scan_interval``.
 
+Audit messages (``audit_run``, queue ``dfarchive.fixity``; see :mod:`dfarchive.fixity`)
+are consumed by the same workers, after archive messages (a lower priority). An audit
+is not started while a run is pending and stops when one becomes pending: its message
+is sent again after YIELD_DELAY_MS and nothing is recorded. The process's audits read
+at most ``fixity_max_rate`` MB/s together.
+
 With ``metrics_port`` set, Dramatiq's Prometheus middleware and dfarchive's
 per-process metrics are served on that port (:mod:`dfarchive.worker_metrics`).
 """
@@ -30,13 +36,25 @@ import dramatiq
 from dramatiq.middleware import Middleware, Shutdown
 
 from .attempt import AttemptObserver, RecipientGate, attempt_run
+from .audit import AuditSettings, Yielded, audit_and_record
 from .config import config_path, load_config, plaintext_credentials
 from .coredumps import disable_core_dumps
 from .errors import DfArchiveError
+from .fixity import MB, OK, RateLimiter
 from .logs import setup_logging
-from .messaging import ACTOR_NAME, QUEUE_NAME, broker_url, make_broker
-from .metrics import ArchiveMetrics
+from .messaging import (
+    ACTOR_NAME,
+    FIXITY_ACTOR_NAME,
+    FIXITY_PRIORITY,
+    FIXITY_QUEUE_NAME,
+    QUEUE_NAME,
+    broker_url,
+    enqueue_fixity,
+    make_broker,
+)
+from .metrics import ArchiveMetrics, FixityMetrics
 from .startup import Runtime, StartupError, prepare
+from .verify import recipient_key_lister
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +81,15 @@ if _config.metrics_port is not None:
 _runtime: Runtime | None = None
 _gate: RecipientGate | None = None
 _observers: list[AttemptObserver] = []
+_audits: AuditSettings | None = None
+_fixity_metrics: FixityMetrics | None = None
 
 
 class WorkerStartupChecks(Middleware):
     """Run the start-up checks once per worker process, before it takes messages."""
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        global _runtime, _gate
+        global _runtime, _gate, _audits, _fixity_metrics
         setup_logging(_config.log_level, _config.log_file)
         for warning in plaintext_credentials(_config):
             log.warning("%s", warning)
@@ -80,6 +100,12 @@ class WorkerStartupChecks(Middleware):
             raise
         if _config.metrics_port is not None:  # made after process boot: multiprocess mode
             _observers.append(ArchiveMetrics())
+            _fixity_metrics = FixityMetrics()
+        _audits = AuditSettings(
+            limiter=RateLimiter(_config.fixity_max_rate * MB),
+            recipient_keys=recipient_key_lister(_gnupg_home()),
+            host=_runtime.worker_id,
+        )
         _gate = RecipientGate(
             _runtime.recipient,  # type: ignore[arg-type]
             gnupg_home=_config.gnupg_home,
@@ -134,3 +160,58 @@ def archive_run(run_id: str) -> None:
         log.error("[%s] attempt abandoned: %s", run_id, error)
         return
     log.info("[%s] attempt ended: %s", run_id, outcome.value)
+
+
+# -- fixity audits ----------------------------------------------------------------------
+
+#: An audit that gave way to archive work is sent again after this long (ms), so that
+#: workers do not pass it back and forth while the archive work is being claimed.
+YIELD_DELAY_MS = 10_000
+
+
+def _gnupg_home() -> str | None:
+    return str(_config.gnupg_home) if _config.gnupg_home else None
+
+
+@dramatiq.actor(
+    actor_name=FIXITY_ACTOR_NAME,
+    queue_name=FIXITY_QUEUE_NAME,
+    priority=FIXITY_PRIORITY,
+    max_retries=0,
+    time_limit=TIME_LIMIT_MS,
+    notify_shutdown=True,
+)
+def audit_run(run_id: str) -> None:
+    """Audit ``run_id``'s archive and record the result, unless archive work waits."""
+    assert _runtime is not None and _audits is not None, "worker booted without its checks"
+    store = _runtime.store
+    try:
+        doc = store.get(run_id)
+        if doc is None or not doc.get("fixity_enqueued_at"):
+            return  # audited since this message was sent (a duplicate), or gone
+        check, _ = audit_and_record(
+            store,
+            doc,
+            _audits,
+            yield_to_archiving=True,
+            on_read=_fixity_metrics.read if _fixity_metrics is not None else None,
+        )
+    except (Yielded, Shutdown) as reason:
+        log.info("[%s] audit postponed: %s", run_id, str(reason) or "worker shutting down")
+        _send_again(run_id)
+        return
+    except DfArchiveError as error:
+        # The message is a hint only: the scheduler sends it again after its window.
+        log.error("[%s] audit abandoned: %s", run_id, error)
+        return
+    if check.result == OK:
+        log.info("[%s] fixity ok (%.1f s)", run_id, check.seconds)
+    else:
+        log.error("[%s] fixity %s: %s", run_id, check.result, check.reason)
+
+
+def _send_again(run_id: str) -> None:
+    try:
+        enqueue_fixity(broker, run_id, delay_ms=YIELD_DELAY_MS)
+    except DfArchiveError as error:
+        log.warning("[%s] audit not re-sent (the scheduler will): %s", run_id, error)

@@ -76,6 +76,9 @@ class Config:
     legacy_lease_seconds: float = 86400.0
     gnupg_home: Path | None = None
     metrics_port: int | None = None
+    # -- fixity audits (dfarchive.fixity) --
+    fixity_interval_days: float = 0.0  # 0: scheduled audits off
+    fixity_max_rate: float = 200.0  # MB/s read for audits, per worker process
 
 
 TOP_KEYS = (
@@ -102,6 +105,9 @@ TOP_KEYS = (
     "legacy_lease_seconds",
     "gnupg_home",
     "metrics_port",
+    # fixity audits
+    "fixity_interval_days",
+    "fixity_max_rate",
 )
 STATUSDB_KEYS = ("url", "database", "username", "password", "auth")
 
@@ -179,6 +185,9 @@ def parse_config(
         ),
         gnupg_home=reader.optional_directory(raw, "gnupg_home"),
         metrics_port=reader.port(raw, "metrics_port"),
+        # fixity audits
+        fixity_interval_days=reader.number(raw, "fixity_interval_days", default=0.0, minimum=0.0),
+        fixity_max_rate=reader.number(raw, "fixity_max_rate", default=200.0, minimum=0.001),
     )
 
 

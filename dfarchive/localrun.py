@@ -14,6 +14,11 @@ loop on the main thread does the rest, logging included. An error that ends the 
 (a store error that is not transient) stops it like the first Ctrl+C: the runs in
 progress finish, and a second Ctrl+C still cancels them.
 
+With ``fixity_interval_days`` set, the loop also audits (:mod:`dfarchive.fixity`): one
+due run at a time, on a thread of its own, and only while no run is pending or being
+archived here; an audit stops (nothing recorded) when a run becomes pending, or when
+the loop stops.
+
 While the recipient key is unusable (:class:`~dfarchive.attempt.RecipientGate`), the
 loop keeps scheduling but claims nothing; it checks the key again every
 ``scan_interval``.
@@ -27,21 +32,24 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 
-from . import runstate
+from . import fixity, runstate
 from .attempt import AttemptObserver, Outcome, RecipientGate, attempt_run
-from .errors import StoreUnavailable
-from .scheduler import schedule_pass
+from .audit import AuditSettings, Yielded, audit_and_record
+from .errors import Cancelled, DfArchiveError, StoreUnavailable
+from .scheduler import FIXITY_PASS_SECONDS, schedule_pass
 from .sigsafe import SignalSafeEvent
 from .startup import Runtime
+from .verify import recipient_key_lister
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Active:
-    future: Future[Outcome]
+    future: Future
     cancel: threading.Event
 
 
@@ -63,6 +71,10 @@ class LocalArchiver:
         self._pool = ThreadPoolExecutor(
             max_workers=self.config.concurrency, thread_name_prefix="archive"
         )
+        self._audit: _Active | None = None
+        self._due: list[str] = []  # runs found due for an audit, in due order
+        self._looked = -float("inf")  # when the encrypted runs were last read for them
+        self._audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
 
     @cached_property
     def gate(self) -> RecipientGate:
@@ -109,6 +121,7 @@ class LocalArchiver:
             raise
         finally:
             try:
+                self._stop_audit()
                 self._drain()
             finally:
                 self._pool.shutdown(wait=True)
@@ -124,6 +137,8 @@ class LocalArchiver:
         except StoreUnavailable as error:
             log.error("store unreachable, retrying next pass: %s", error)
             return
+        if not pending and not once:
+            self._maybe_audit()
         if pending and not self.gate.is_open():
             return  # logged by the gate, once
         for doc in pending:
@@ -166,6 +181,87 @@ class LocalArchiver:
             if outcome is Outcome.DEFERRED:
                 self._deferred_until[run_id] = time.monotonic() + self.config.scan_interval
         self._wakeup.set()
+
+    # -- fixity audits ----------------------------------------------------------------
+
+    @cached_property
+    def audit_settings(self) -> AuditSettings:
+        home = self.config.gnupg_home
+        return AuditSettings(
+            limiter=fixity.RateLimiter(self.config.fixity_max_rate * fixity.MB),
+            recipient_keys=recipient_key_lister(str(home) if home else None),
+            host=self.runtime.worker_id,
+        )
+
+    def _maybe_audit(self) -> None:
+        """Start the next due audit if audits are on and nothing else is going on."""
+        if self.config.fixity_interval_days <= 0:
+            return
+        with self._lock:
+            if self.stopping.is_set() or self.active or self._audit is not None:
+                return
+            doc = self._next_due()
+            if doc is None:
+                return
+            cancel = threading.Event()
+            future = self._audit_pool.submit(
+                audit_and_record,
+                self.runtime.store,
+                doc,
+                self.audit_settings,
+                yield_to_archiving=True,
+                cancel=cancel,
+            )
+            self._audit = _Active(future, cancel)
+        future.add_done_callback(lambda f, run_id=doc["_id"]: self._audited(run_id, f))
+
+    def _next_due(self) -> runstate.RunDocument | None:
+        """The next run due for an audit (the encrypted runs are read again when the
+        list runs out, at most every FIXITY_PASS_SECONDS or hundredth of the interval)."""
+        store, interval = self.runtime.store, timedelta(days=self.config.fixity_interval_days)
+        if not self._due:
+            every = max(
+                self.config.scan_interval,
+                min(FIXITY_PASS_SECONDS, interval.total_seconds() / 100),
+            )
+            if time.monotonic() - self._looked < every:
+                return None
+            self._looked = time.monotonic()
+            due = store.due_for_fixity(interval, window_seconds=0)
+            due.sort(key=lambda doc: fixity.due_order(doc, interval))
+            self._due = [doc["_id"] for doc in due]
+        while self._due:
+            doc = store.get(self._due.pop(0))
+            if doc is not None and fixity.is_due(doc, store.clock(), interval):
+                return doc
+        return None
+
+    def _audited(self, run_id: str, future: Future) -> None:
+        error = future.exception()
+        with self._lock:
+            self._audit = None
+            if isinstance(error, Yielded | Cancelled):
+                self._due.insert(0, run_id)  # first again once archiving is done
+        if isinstance(error, Yielded | Cancelled):
+            log.info("[%s] audit stopped, nothing recorded: %s", run_id, error)
+        elif isinstance(error, DfArchiveError):
+            log.error("[%s] audit abandoned: %s", run_id, error)
+        elif error is not None:
+            log.error("[%s] audit crashed: %r", run_id, error)
+        else:
+            check, _ = future.result()
+            if check.result == fixity.OK:
+                log.info("[%s] fixity ok (%.1f s)", run_id, check.seconds)
+            else:
+                log.error("[%s] fixity %s: %s", run_id, check.result, check.reason)
+        self._wakeup.set()
+
+    def _stop_audit(self) -> None:
+        with self._lock:
+            audit = self._audit
+        if audit is not None:
+            audit.cancel.set()
+        self._audit_pool.shutdown(wait=True)
 
     def _drain(self) -> None:
         """Wait for the runs in progress; cancel them once :meth:`stop_now` is called."""

@@ -66,6 +66,7 @@ def make_broker(url: str) -> RabbitmqBroker:
     broker = RabbitmqBroker(url=amqp_url(url), confirm_delivery=True)
     broker.add_middleware(OnePrefetchPerThread())
     broker.declare_queue(QUEUE_NAME)
+    broker.declare_queue(FIXITY_QUEUE_NAME)
     return broker
 
 
@@ -113,3 +114,33 @@ def enqueue_archive(broker: dramatiq.Broker, run_id: str) -> None:
         broker.enqueue(archive_message(run_id))
     except CONNECTION_ERRORS as error:
         raise BrokerError(f"cannot publish archive_run({run_id!r}): {error}") from None
+
+
+# -- fixity audits (dfarchive.fixity) ---------------------------------------------------
+#: Audit messages have their own queue, next to the archive queue: ``dfarchive.fixity``
+#: (or ``$DFARCHIVE_QUEUE.fixity`` when that is set).
+FIXITY_QUEUE_NAME = (
+    "dfarchive.fixity" if QUEUE_NAME == "dfarchive.archive" else f"{QUEUE_NAME}.fixity"
+)
+FIXITY_ACTOR_NAME = "audit_run"
+#: Dramatiq runs a worker's prefetched messages lowest priority first: archive messages
+#: (priority 0) before audit messages.
+FIXITY_PRIORITY = 100
+
+
+def fixity_message(run_id: str) -> dramatiq.Message:
+    return dramatiq.Message(
+        queue_name=FIXITY_QUEUE_NAME,
+        actor_name=FIXITY_ACTOR_NAME,
+        args=(run_id,),
+        kwargs={},
+        options={},
+    )
+
+
+def enqueue_fixity(broker: dramatiq.Broker, run_id: str, *, delay_ms: int | None = None) -> None:
+    """Publish ``audit_run(run_id)`` (after ``delay_ms``). Raises BrokerError."""
+    try:
+        broker.enqueue(fixity_message(run_id), delay=delay_ms)
+    except CONNECTION_ERRORS as error:
+        raise BrokerError(f"cannot publish audit_run({run_id!r}): {error}") from None

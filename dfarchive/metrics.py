@@ -12,6 +12,15 @@
                                                    run (Unix time; 0 before the first)
 ``dfarchive_archive_throughput_bytes_per_second``  histogram: end-to-end rate of each run
                                                    archived here (tar bytes / seconds)
+``dfarchive_fixity_runs{result}``                  gauge: encrypted runs by their last
+                                                   audit's result (``ok``, ``failed``,
+                                                   ``missing``, ``unchecked``); from the
+                                                   store, like ``dfarchive_runs``
+``dfarchive_fixity_oldest_check_age_seconds``      gauge: the longest any encrypted run has
+                                                   gone unchecked (since its last audit, or
+                                                   since it was archived/adopted)
+``dfarchive_fixity_bytes_total``                   counter: archive bytes this process read
+                                                   for audits
 =================================================  ========================================
 
 ``dataflow_archive`` serves them with :func:`serve_metrics` (with the usual
@@ -31,12 +40,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from . import fixity
 from .attempt import AttemptObserver, Outcome
 from .config import Config
 from .errors import DfArchiveError, StoreError
-from .runstate import STATUSES
+from .runstate import ENCRYPTED, STATUSES
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -108,6 +119,44 @@ class ArchiveMetrics(AttemptObserver):
             self.throughput.observe(size / seconds)
 
 
+class FixityMetrics:
+    """Per-process counter of the bytes audits read here."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter
+
+        registry = registry if registry is not None else CollectorRegistry()  # as above
+        self.bytes = Counter(
+            "dfarchive_fixity_bytes",
+            "Archive bytes read by fixity audits in this process.",
+            registry=registry,
+        )
+
+    def read(self, size: int) -> None:
+        self.bytes.inc(size)
+
+
+class FixityCounts:
+    """What the store says about audits: runs by last result, the oldest check's age."""
+
+    def __init__(self) -> None:
+        self.results = dict.fromkeys((*fixity.RESULTS, UNCHECKED), 0)
+        self.oldest_age = 0.0
+
+    def add(self, doc: Mapping[str, Any], now: datetime) -> None:
+        if not fixity.auditable(doc):
+            return
+        result = fixity.result_of(doc) or UNCHECKED
+        self.results[result] += 1
+        age = fixity.check_age(doc, now)
+        if age is not None:
+            self.oldest_age = max(self.oldest_age, age.total_seconds())
+
+
+#: ``dfarchive_fixity_runs{result}`` of an encrypted run never audited.
+UNCHECKED = "unchecked"
+
+
 class StoreCollector:
     """``dfarchive_runs{status}`` and ``dfarchive_store_up``, read from the store."""
 
@@ -117,6 +166,7 @@ class StoreCollector:
         self._lock = threading.Lock()
         self._read_at = -float("inf")
         self._counts: dict[str, int] = {}
+        self._fixity = FixityCounts()
         self._up = 0
 
     def _read(self) -> None:
@@ -132,10 +182,13 @@ class StoreCollector:
                 self._up = 0
                 return
             counts = dict.fromkeys(STATUSES, 0)
+            audits, now = FixityCounts(), datetime.now(UTC)
             for doc in docs:
                 status = doc.get("status")
                 counts[status] = counts.get(status, 0) + 1
-            self._counts, self._up = counts, 1
+                if status == ENCRYPTED:
+                    audits.add(doc, now)
+            self._counts, self._fixity, self._up = counts, audits, 1
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
@@ -149,6 +202,19 @@ class StoreCollector:
         yield runs
         yield GaugeMetricFamily(
             "dfarchive_store_up", "1 if the last read of the status database worked.", self._up
+        )
+        results = GaugeMetricFamily(
+            "dfarchive_fixity_runs",
+            "Encrypted runs by the result of their last fixity audit.",
+            labels=["result"],
+        )
+        for result, count in self._fixity.results.items():
+            results.add_metric([result], count)
+        yield results
+        yield GaugeMetricFamily(
+            "dfarchive_fixity_oldest_check_age_seconds",
+            "Longest time any encrypted run has gone without a fixity check.",
+            self._fixity.oldest_age,
         )
 
 

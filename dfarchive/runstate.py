@@ -414,3 +414,45 @@ def due_for_enqueue(doc: Mapping[str, Any], *, now: datetime, window_seconds: fl
         return False
     last = parse_timestamp(doc.get("enqueued_at"))
     return last is None or now - last >= timedelta(seconds=window_seconds)
+
+
+# -- fixity audits (dfarchive.fixity) ---------------------------------------------------
+# These touch only ``fixity``, ``fixity_history`` and ``fixity_enqueued_at``: never the
+# status, claim or ``updated_at`` fields (an audit is not a change of the run).
+
+#: Earlier fixity checks a document keeps in ``fixity_history``.
+FIXITY_HISTORY_KEPT = 10
+
+
+def record_fixity(
+    doc: Mapping[str, Any], *, check: Mapping[str, Any], history_kept: int = FIXITY_HISTORY_KEPT
+) -> RunDocument:
+    """Record an audit's outcome as ``fixity``; the previous one joins the bounded
+    ``fixity_history``. Clears ``fixity_enqueued_at`` (a duplicate message then finds
+    nothing to do). A document already holding exactly ``check`` is returned unchanged
+    (a retried write that committed).
+    """
+    if doc.get("fixity") == check:
+        return doc  # type: ignore[return-value]
+    if doc.get("status") != ENCRYPTED:
+        raise TransitionRefused(
+            f"run {doc.get('_id')!r} is {doc.get('status')!r}; only encrypted runs are audited"
+        )
+    history = doc.get("fixity_history")
+    history = list(history) if isinstance(history, list) else []
+    previous = doc.get("fixity")
+    if isinstance(previous, Mapping):
+        history.append(dict(previous))
+    return {
+        **doc,
+        "fixity": dict(check),
+        "fixity_history": history[-history_kept:] if history_kept > 0 else [],
+        "fixity_enqueued_at": None,
+    }
+
+
+def mark_fixity_enqueued(doc: Mapping[str, Any], *, now: datetime | None) -> RunDocument:
+    """Record that an audit message was just sent for this encrypted run (None: unsent)."""
+    if doc.get("status") != ENCRYPTED:
+        raise TransitionRefused(f"run {doc.get('_id')!r} is {doc.get('status')!r}")
+    return {**doc, "fixity_enqueued_at": None if now is None else timestamp(now)}

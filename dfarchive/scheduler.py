@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from . import runstate
 from .config import Config
@@ -37,6 +39,7 @@ class PassReport:
     reclaimed: list[str] = field(default_factory=list)
     enqueued: list[str] = field(default_factory=list)
     skipped: int = 0
+    audits: list[str] = field(default_factory=list)  # runs sent for a fixity audit
 
 
 def schedule_pass(
@@ -46,8 +49,11 @@ def schedule_pass(
     worker_id: str,
     enqueue: Callable[[str], None] | None = None,
     window: float = REENQUEUE_WINDOW,
+    enqueue_audit: Callable[[str], None] | None = None,
 ) -> PassReport:
-    """One pass. ``enqueue`` None: register and reclaim only (the local loop claims)."""
+    """One pass. ``enqueue`` None: register and reclaim only (the local loop claims).
+    ``enqueue_audit``: also send the fixity audits that are due (when
+    ``fixity_interval_days`` is set; see :func:`enqueue_audits_due`)."""
     report = PassReport()
     try:
         scanned = scan_runs(config.sequencing_path, sentinel=config.sentinel, ignore=config.ignore)
@@ -74,7 +80,55 @@ def schedule_pass(
         )
     if enqueue is not None:
         report.enqueued = enqueue_due(store, enqueue, window)
+    if enqueue_audit is not None and config.fixity_interval_days > 0:
+        report.audits = enqueue_audits_due(store, config, enqueue_audit)
     return report
+
+
+# -- fixity audits (dfarchive.fixity) -------------------------------------------------
+
+#: An audit message not acted on (lost, or waiting behind a backlog) is sent again
+#: after this long, or after the audit interval if that is shorter. Duplicates are
+#: harmless: an audit recorded clears the run's mark, and a message finding no mark
+#: does nothing.
+FIXITY_REENQUEUE_WINDOW = 86400.0
+#: The encrypted runs are read for due audits at most this often (seconds), and at
+#: least every hundredth of the interval or every scan_interval if that is longer.
+FIXITY_PASS_SECONDS = 300.0
+
+#: Per store, when this process last looked for due audits (time.monotonic()).
+_FIXITY_LOOKED: weakref.WeakKeyDictionary[RunStore, float] = weakref.WeakKeyDictionary()
+
+
+def enqueue_audits_due(
+    store: RunStore, config: Config, enqueue: Callable[[str], None]
+) -> list[str]:
+    """Mark, then send an audit message for, every encrypted run due for one (as
+    :func:`enqueue_due` does for archiving: the scheduler whose mark wins sends).
+    Reads the encrypted runs only every FIXITY_PASS_SECONDS (shorter for short
+    intervals). Returns the ids sent.
+    """
+    interval = timedelta(days=config.fixity_interval_days)
+    every = max(config.scan_interval, min(FIXITY_PASS_SECONDS, interval.total_seconds() / 100))
+    now = time.monotonic()
+    if now - _FIXITY_LOOKED.get(store, -float("inf")) < every:
+        return []
+    _FIXITY_LOOKED[store] = now
+    window = min(FIXITY_REENQUEUE_WINDOW, interval.total_seconds())
+    due = store.due_for_fixity(interval, window)
+    marked = store.mark_fixity_enqueued_many(due) if due else []
+    for index, doc in enumerate(marked):
+        try:
+            enqueue(doc["_id"])
+        except Exception:
+            try:  # the next pass sends them, not the one after the window
+                store.mark_fixity_enqueued_many(marked[index:], sent=False)
+            except DfArchiveError as error:
+                log.error("audit marks of unsent runs left (sent after the window): %s", error)
+            raise
+    if marked:
+        log.info("%d runs sent for a fixity audit", len(marked))
+    return [doc["_id"] for doc in marked]
 
 
 def enqueue_due(store: RunStore, enqueue: Callable[[str], None], window: float) -> list[str]:
@@ -188,7 +242,13 @@ def run_scheduler(
 
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
-    from .messaging import BrokerError, broker_url, connected_broker, enqueue_archive
+    from .messaging import (
+        BrokerError,
+        broker_url,
+        connected_broker,
+        enqueue_archive,
+        enqueue_fixity,
+    )
     from .startup import StartupError, open_checked_store, worker_id
 
     url = broker_url(config.broker_url)
@@ -209,14 +269,19 @@ def run_scheduler(
         while True:
             try:
                 report = schedule_pass(
-                    store, config, worker_id=me, enqueue=lambda run: enqueue_archive(broker, run)
+                    store,
+                    config,
+                    worker_id=me,
+                    enqueue=lambda run: enqueue_archive(broker, run),
+                    enqueue_audit=lambda run: enqueue_fixity(broker, run),
                 )
                 log.info(
-                    "pass: %d complete runs, %d new, %d reclaimed, %d enqueued",
+                    "pass: %d complete runs, %d new, %d reclaimed, %d enqueued, %d audits sent",
                     report.found,
                     len(report.registered),
                     len(report.reclaimed),
                     len(report.enqueued),
+                    len(report.audits),
                 )
             except (StoreUnavailable, BrokerError) as error:
                 log.error("scheduling pass failed, retrying next interval: %s", error)

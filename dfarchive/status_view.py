@@ -1,21 +1,35 @@
 """The ``dfarchive status`` table: a pure function of run documents and the time.
 
 One line per run: id, sequencer, status, progress, throughput, worker, age (time since
-the document last changed), failure count and the last error, which is cut to fit the
-terminal width. Documents are read defensively: they may be hand-edited or written by
-older tools, so a missing or malformed field shows as ``-`` instead of failing.
+the document last changed), failure count, the last fixity audit's result and age
+(``ok/3d``: checked three days ago; ``unchecked``: an encrypted run never audited yet)
+and the last error, which is cut to fit the terminal width. Documents are read
+defensively: they may be hand-edited or written by older tools, so a missing or
+malformed field shows as ``-`` instead of failing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from . import fixity
 from .runstate import ENCRYPTED, PROCESSING, STATUSES, failure_count, parse_timestamp
 
-HEADERS = ("RUN", "SEQUENCER", "STATUS", "PROGRESS", "MB/S", "WORKER", "AGE", "FAILS", "LAST ERROR")
+HEADERS = (
+    "RUN",
+    "SEQUENCER",
+    "STATUS",
+    "PROGRESS",
+    "MB/S",
+    "WORKER",
+    "AGE",
+    "FAILS",
+    "FIXITY",
+    "LAST ERROR",
+)
 #: Columns printed right-aligned (numbers).
 RIGHT_ALIGNED = frozenset({"PROGRESS", "MB/S", "AGE", "FAILS"})
 NONE = "-"
@@ -76,7 +90,22 @@ def age(doc: Document, now: datetime) -> str:
     updated = parse_timestamp(doc.get("updated_at"))
     if updated is None:
         return NONE
-    seconds = max(0, int((now - updated).total_seconds()))
+    return _duration(now - updated)
+
+
+def fixity_cell(doc: Document, now: datetime) -> str:
+    """``ok/3d`` (result/time since the check), ``unchecked``, or ``-`` for a run that
+    can't be audited (not encrypted, or not adopted yet)."""
+    if not fixity.auditable(doc):
+        return NONE
+    check, checked = fixity.last_check(doc), fixity.checked_at(doc)
+    if check is None or checked is None:
+        return "unchecked"
+    return f"{_text(check.get('result'))}/{_duration(now - checked)}"
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -99,6 +128,7 @@ def row(doc: Document, now: datetime, note: str = "") -> tuple[str, ...]:
         _text(doc.get("worker_id")),
         age(doc, now),
         str(failure_count(doc)),
+        fixity_cell(doc, now),
         "; ".join(text for text in (_text(note) if note else "", error) if text),
     )
 

@@ -3,7 +3,8 @@
 :func:`verify_run` takes a run document and checks what its ``archive`` record says:
 
 * always: the archive file exists and has the recorded ``size`` and ``sha256``
-  (streamed in large reads), and the wrapped key file exists;
+  (streamed in large reads), and the wrapped key file exists; with ``recipient_keys``,
+  the key file is also read and must be addressed (PKESK) to the recorded recipient;
 * ``deep``: additionally unwraps the run key (needs the recipient's private key in
   the keyring) and decrypts the archive in the same pass with dfarchive's OpenPGP reader
   (the key used as gpg uses a passphrase file: the original tool's binary keys work),
@@ -11,7 +12,9 @@
   ``plaintext_sha256``, and the tar stream's member count and names (``members``,
   ``members_sha256``) when recorded.
 
-A mismatch is not an exception: it is listed in :attr:`VerifyReport.problems`.
+A mismatch is not an exception: it is listed in :attr:`VerifyReport.problems`; an
+archive file that is gone altogether also sets :attr:`VerifyReport.missing` (fixity
+audits record that apart from damage: archives may be moved to tape by other tools).
 
 An ``encrypted`` run without an archive record was archived by the original tool
 (``dataflow_archive``): ``dfarchive adopt`` gives it one. Adopted records
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,10 @@ READ_SIZE = 8 << 20
 """Bytes read from the archive per step."""
 
 KeyUnwrapper = Callable[[Path], bytes]
+#: Called with the number of bytes just read from the archive (a rate limiter may sleep).
+ReadObserver = Callable[[int], None]
+#: A recipient's fingerprint → all its key ids (primary and subkeys).
+RecipientKeys = Callable[[str], Collection[str]]
 
 
 class NotVerifiable(DfArchiveError):
@@ -54,6 +61,7 @@ class ArchiveRecord:
     size: int
     sha256: str
     key_file: Path | None = None
+    recipient_fingerprint: str | None = None
     plaintext_size: int | None = None
     plaintext_sha256: str | None = None
     members: int | None = None
@@ -68,6 +76,8 @@ class VerifyReport:
     deep: bool
     passed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    missing: bool = False  # the archive file does not exist
+    bytes_read: int = 0
 
     @property
     def ok(self) -> bool:
@@ -106,6 +116,7 @@ def archive_record(doc: Mapping[str, Any]) -> ArchiveRecord:
         size=size,
         sha256=sha256.lower(),
         key_file=Path(key_file) if key_file else None,
+        recipient_fingerprint=optional_str("recipient_fingerprint"),
         plaintext_size=optional_int("plaintext_size"),
         plaintext_sha256=optional_str("plaintext_sha256"),
         members=optional_int("members"),
@@ -123,6 +134,8 @@ def verify_run(
     deep: bool = False,
     unwrap: KeyUnwrapper | None = None,
     cancel: threading.Event | None = None,
+    on_read: ReadObserver | None = None,
+    recipient_keys: RecipientKeys | None = None,
 ) -> VerifyReport:
     """Verify the archive a run document records.
 
@@ -131,6 +144,10 @@ def verify_run(
       deep: also decrypt and check the plaintext (needs ``unwrap``).
       unwrap: turns the key file into the run key (e.g. :func:`dfarchive.keys.unwrap_key`).
       cancel: when set, verification stops (Cancelled).
+      on_read: called after every read with its size (rate limiting, progress).
+      recipient_keys: resolves the recorded ``recipient_fingerprint`` to its key ids,
+        to check the key file is addressed to it (skipped without it, or when the
+        record names no recipient).
 
     Returns: the report; ``report.ok`` is False when anything did not match.
 
@@ -144,15 +161,17 @@ def verify_run(
     if deep and unwrap is None:
         raise ValueError("deep verification needs a key unwrapper")
     report = VerifyReport(archive=record.file, deep=deep)
-    key_present = _check_key_file(record, report)
+    key_present = _check_key_file(record, report, recipient_keys)
     try:
         fd = os.open(record.file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         report.problems.append(f"archive {record.file} is missing")
+        report.missing = True
         return report
     except OSError as error:
         report.problems.append(f"archive {record.file} cannot be opened: {error}")
         return report
+    reader = _HashingReader(fd, cancel, on_read)
     try:
         size = os.fstat(fd).st_size
         size_ok = size == record.size
@@ -168,19 +187,22 @@ def verify_run(
                 passphrase = gpg_passphrase(unwrap(record.key_file))
             except KeyFileError as error:
                 report.problems.append(str(error))
-                _hash_pass(fd, record, report, cancel)
+                _hash_pass(fd, record, report, reader)
             else:
-                _deep_pass(fd, passphrase, record, report, cancel)
+                _deep_pass(fd, passphrase, record, report, reader)
         elif size_ok:
-            _hash_pass(fd, record, report, cancel)
+            _hash_pass(fd, record, report, reader)
         else:
             report.problems.append("SHA-256 not computed: the size already differs")
     finally:
         os.close(fd)
+        report.bytes_read = reader.size
     return report
 
 
-def _check_key_file(record: ArchiveRecord, report: VerifyReport) -> bool:
+def _check_key_file(
+    record: ArchiveRecord, report: VerifyReport, recipient_keys: RecipientKeys | None
+) -> bool:
     if record.key_file is None:
         report.problems.append("the archive record names no key file")
         return False
@@ -188,15 +210,64 @@ def _check_key_file(record: ArchiveRecord, report: VerifyReport) -> bool:
         report.problems.append(f"key file {record.key_file} is missing or empty")
         return False
     report.passed.append(f"key file {record.key_file} present")
+    if recipient_keys is not None and record.recipient_fingerprint is not None:
+        _check_addressee(record.key_file, record.recipient_fingerprint, report, recipient_keys)
     return True
+
+
+def _check_addressee(
+    path: Path, fingerprint: str, report: VerifyReport, recipient_keys: RecipientKeys
+) -> None:
+    """The key file is readable and addressed to one of the recipient's key ids."""
+    from .adopt import AdoptionError, key_file_recipients  # adopt imports this module
+
+    try:
+        addressed = key_file_recipients(path)
+    except AdoptionError as error:
+        report.problems.append(str(error))
+        return
+    try:
+        key_ids = set(recipient_keys(fingerprint))
+    except DfArchiveError as error:
+        report.problems.append(
+            f"key file {path}: cannot list the recorded recipient {fingerprint}'s keys: {error}"
+        )
+        return
+    if set(addressed) & key_ids:
+        report.passed.append(f"key file {path} addressed to {fingerprint}")
+    else:
+        report.problems.append(
+            f"key file {path} is encrypted to {', '.join(addressed)}, not to the recorded "
+            f"recipient {fingerprint} (key ids {', '.join(sorted(key_ids))})"
+        )
+
+
+def recipient_key_lister(gnupg_home: str | None) -> RecipientKeys:
+    """A :data:`RecipientKeys` asking gpg (``--list-keys``; the public key is enough),
+    remembering each answer."""
+    from .adopt import recipient_key_ids
+    from .keys import Recipient
+
+    known: dict[str, frozenset[str]] = {}
+
+    def lookup(fingerprint: str) -> frozenset[str]:
+        if fingerprint not in known:
+            recipient = Recipient(fingerprint=fingerprint, uid="", expires=None)
+            known[fingerprint] = recipient_key_ids(recipient, gnupg_home=gnupg_home)
+        return known[fingerprint]
+
+    return lookup
 
 
 class _HashingReader:
     """A raw readable file over ``fd`` that hashes every byte read."""
 
-    def __init__(self, fd: int, cancel: threading.Event | None) -> None:
+    def __init__(
+        self, fd: int, cancel: threading.Event | None, on_read: ReadObserver | None = None
+    ) -> None:
         self.fd = fd
         self.cancel = cancel
+        self.on_read = on_read
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -210,6 +281,8 @@ class _HashingReader:
         n = os.readv(self.fd, [view])
         self.sha256.update(view[:n])
         self.size += n
+        if self.on_read is not None and n:
+            self.on_read(n)
         return n
 
     def read(self, size: int = -1) -> bytes:
@@ -223,10 +296,9 @@ class _HashingReader:
 
 
 def _hash_pass(
-    fd: int, record: ArchiveRecord, report: VerifyReport, cancel: threading.Event | None
+    fd: int, record: ArchiveRecord, report: VerifyReport, reader: _HashingReader
 ) -> None:
     _advise_sequential(fd)
-    reader = _HashingReader(fd, cancel)
     reader.read_to_end()
     _compare_archive_hash(reader, record, report)
 
@@ -265,13 +337,12 @@ def _deep_pass(
     passphrase: bytes,
     record: ArchiveRecord,
     report: VerifyReport,
-    cancel: threading.Event | None,
+    reader: _HashingReader,
 ) -> None:
-    reader = _HashingReader(fd, cancel)
     plaintext = _Plaintext()
     _advise_sequential(fd)
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE, cancel=cancel)  # type: ignore[arg-type]
+        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE, cancel=reader.cancel)  # type: ignore[arg-type]
         decrypted = True
     except CryptoError as error:
         decrypted = False

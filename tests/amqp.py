@@ -28,13 +28,15 @@ def amqp_url() -> str:
 
 @pytest.fixture
 def queue_name(amqp_url: str) -> Iterator[str]:
-    """A queue name of this test's own; the queue and its .DQ/.XQ are deleted after."""
+    """A queue name of this test's own; the queue and its .DQ/.XQ are deleted after,
+    and so is the fixity queue workers declare beside it (``NAME.fixity``)."""
     name = f"dfarchive.test.{uuid.uuid4().hex[:12]}"
     yield name
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = connection.channel()
-    for suffix in ("", ".DQ", ".XQ"):
-        channel.queue_delete(name + suffix)
+    for base in (name, f"{name}.fixity"):
+        for suffix in ("", ".DQ", ".XQ"):
+            channel.queue_delete(base + suffix)
     connection.close()
 
 

@@ -172,8 +172,8 @@ def test_status_table(store: SqliteStore, archived: ArchivedRun, capsys) -> None
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == [
-        "RUN", "SEQUENCER", "STATUS", "PROGRESS", "MB/S", "WORKER", "AGE", "FAILS", "LAST",
-        "ERROR",
+        "RUN", "SEQUENCER", "STATUS", "PROGRESS", "MB/S", "WORKER", "AGE", "FAILS", "FIXITY",
+        "LAST", "ERROR",
     ]  # fmt: skip
     failed = next(line for line in lines if line.startswith("run_failed"))
     assert failed.split()[:3] == ["run_failed", "A", "failed"]
@@ -482,3 +482,97 @@ def test_status_json_on_couchdb(
     )  # fmt: skip
     code, out, _ = run_cli(capsys, "status", "-c", str(config))
     assert code == 0 and out.splitlines()[-1] == "2 runs: 2 pending"
+
+
+# -- fixity audits: verify --all, status --fixity ------------------------------------------
+
+
+def add_encrypted_copy(
+    store: SqliteStore, archived: ArchivedRun, run_id: str, tmp_path: Path, flip: bool = False
+) -> Path:
+    """Another encrypted run whose archive is a copy of ``archived``'s (a byte flipped)."""
+    data = bytearray(archived.archive.read_bytes())
+    if flip:
+        data[len(data) // 2] ^= 0x01
+    copy = tmp_path / f"{run_id}.tar.gpg"
+    copy.write_bytes(bytes(data))
+    add_run(store, run_id, f"/seq/A/{run_id}")
+    claim = store.claim(run_id, worker_id="host:3")
+    assert claim is not None
+    store.finish(claim, {**archived.record, "file": str(copy)})
+    return copy
+
+
+def test_verify_all_audits_records_and_fails_on_a_flipped_byte(
+    store: SqliteStore, archived: ArchivedRun, tmp_path: Path, capsys
+) -> None:
+    add_encrypted(store, archived)
+    add_encrypted_copy(store, archived, "run_flipped", tmp_path, flip=True)
+    gone = add_encrypted_copy(store, archived, "run_on_tape", tmp_path)
+    gone.unlink()
+    add_run(store, "run_original")
+    doc = store.get("run_original")
+    assert doc is not None
+    store._replace({**doc, "status": "encrypted"})  # the original tool's, not adopted
+    add_run(store, "run_pending")
+
+    code, out, err = run_cli(capsys, "verify", "--all", "--max-rate", "100")
+    assert code == 1, err
+    lines = out.splitlines()
+    assert f"ok        {archived.run_id}" in lines
+    flipped = next(line for line in lines if line.startswith("FAILED    run_flipped: "))
+    assert "SHA-256 is" in flipped
+    assert f"MISSING   run_on_tape: archive {gone} is missing" in lines
+    assert lines[-2].startswith("3 runs audited: 1 ok, 1 failed, 1 missing (")
+    assert lines[-1].startswith("1 encrypted runs not audited: archived by the original tool")
+    recorded = {d["_id"]: d.get("fixity") for d in store.runs()}
+    assert recorded[archived.run_id]["result"] == "ok"
+    assert recorded["run_flipped"]["result"] == "failed"
+    assert recorded["run_flipped"]["reason"] == flipped.split(": ", 1)[1]
+    assert recorded["run_on_tape"]["result"] == "missing"
+    assert recorded["run_original"] is None and recorded["run_pending"] is None
+    assert recorded[archived.run_id]["deep"] is False and recorded[archived.run_id]["host"]
+
+    code, out, _ = run_cli(capsys, "status", "--fixity", "failed")
+    rows = out.splitlines()
+    assert [line.split()[0] for line in rows[1:-1]] == ["run_flipped"]
+    assert rows[1].split()[8].startswith("failed/")
+    assert rows[-1] == "1 run: 1 encrypted (fixity failed)"
+    code, out, _ = run_cli(capsys, "status", "--fixity", "missing")
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == ["run_on_tape"]
+    code, out, _ = run_cli(capsys, "status")
+    cells = {line.split()[0]: line.split()[8] for line in out.splitlines()[1:-1]}
+    assert cells["run_pending"] == "-" and cells["run_original"] == "-"
+    assert cells[archived.run_id].startswith("ok/")
+
+    # --older-than: the runs checked just now are skipped
+    code, out, _ = run_cli(capsys, "verify", "--all", "--older-than", "1")
+    assert code == 0 and out.splitlines()[0].startswith("0 runs audited")
+
+
+def test_verify_all_deep_and_single_runs_record_too(
+    store: SqliteStore, archived: ArchivedRun, capsys
+) -> None:
+    add_encrypted(store, archived)
+    code, out, err = run_cli(capsys, "verify", "--all", "--deep")
+    assert code == 0, err
+    assert "1 runs deep audited: 1 ok, 0 failed, 0 missing" in out
+    first = store.get(archived.run_id)["fixity"]  # type: ignore[index]
+    assert first["deep"] is True and first["result"] == "ok"
+    code, out, err = run_cli(capsys, "verify", archived.run_id)
+    assert code == 0, err
+    doc = store.get(archived.run_id)
+    assert doc["fixity"]["deep"] is False and doc["fixity_history"] == [first]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["verify"], "verify: give either RUN_ID or --all"),
+        (["verify", "run_1", "--all"], "verify: give either RUN_ID or --all"),
+        (["verify", "run_1", "--older-than", "3"], "verify: --older-than goes with --all"),
+    ],
+)
+def test_verify_usage_errors(store: SqliteStore, capsys, argv: list[str], message: str) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out, err) == (2, "", f"dfarchive: {message}\n")

@@ -47,10 +47,12 @@ FAILED = doc("run_4", "failed", failure_count=3, last_error="ToolError: tar exit
 
 
 def test_a_row_per_status() -> None:
-    assert row(doc(), NOW) == ("run_1", "A", "pending", "-", "-", "host-a:123", "3m", "0", "")
+    assert row(doc(), NOW) == (
+        "run_1", "A", "pending", "-", "-", "host-a:123", "3m", "0", "-", ""
+    )  # fmt: skip
     assert row(PROCESSING, NOW)[3:5] == ("25.0%", "123.4")
     assert row(ENCRYPTED, NOW)[3:5] == ("100%", "250.0")
-    assert row(FAILED, NOW)[7:] == ("3", "ToolError: tar exited 2 boom")
+    assert row(FAILED, NOW)[7:] == ("3", "-", "ToolError: tar exited 2 boom")
 
 
 def test_progress_is_capped_and_tolerates_bad_values() -> None:
@@ -82,7 +84,7 @@ def test_age() -> None:
 
 def test_a_hand_edited_document_still_shows() -> None:
     cells = row({"_id": "weird\x1b[31m", "failure_count": "2", "status": None}, NOW)
-    assert cells == ("weird?[31m", "-", "-", "-", "-", "-", "-", "2", "")
+    assert cells == ("weird?[31m", "-", "-", "-", "-", "-", "-", "2", "-", "")
 
 
 def test_render_aligns_columns_and_cuts_the_last_error() -> None:

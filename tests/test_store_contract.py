@@ -458,3 +458,69 @@ def test_claims_write_the_host_as_worker_id_and_the_process_beside_it(store, clo
     assert (doc["worker_id"], doc["claimed_by"]) == ("host-a", "host-a:4711:4712")
     for field in ("created_at", "updated_at", "claimed_at", "heartbeat_at", "lease_expires_at"):
         assert doc[field].endswith("+00:00"), field
+
+
+# -- fixity audits ----------------------------------------------------------------------
+
+
+def encrypted_run(store: RunStore, run_id: str) -> dict:
+    register(store, run_id)
+    claim = store.claim(run_id, worker_id="host-a")
+    assert claim is not None
+    return store.finish(claim, {"file": f"/a/{run_id}.tar.gpg", "size": 1, "sha256": "00"})
+
+
+def fixity_check(result: str = "ok", when: str = "2026-11-24T12:00:00+00:00") -> dict:
+    return {
+        "checked_at": when,
+        "result": result,
+        "reason": None,
+        "host": "auditor",
+        "seconds": 1.0,
+        "deep": False,
+    }
+
+
+def test_record_fixity_survives_a_concurrent_write_and_changes_nothing_else(store, clock):
+    before = encrypted_run(store, "run_f")
+    original_replace = store._replace
+    raced = []
+
+    def racing_replace(doc):
+        if not raced:  # another writer (e.g. an adoption or another audit) gets in first
+            raced.append(original_replace({**store.get("run_f"), "note": "other writer"}))
+        return original_replace(doc)
+
+    store._replace = racing_replace  # type: ignore[method-assign]
+    stored = store.record_fixity("run_f", fixity_check("failed"))
+    store._replace = original_replace  # type: ignore[method-assign]
+    assert raced and raced[0] is not None
+    assert stored["fixity"] == fixity_check("failed") and stored["note"] == "other writer"
+    kept = {k: v for k, v in stored.items() if not k.startswith(("fixity", "_rev", "note"))}
+    assert kept == {k: v for k, v in before.items() if k != "_rev"}  # status, claim, times
+    later = store.record_fixity("run_f", fixity_check(when="2026-11-25T12:00:00+00:00"))
+    assert later["fixity_history"] == [fixity_check("failed")]
+
+
+def test_record_fixity_refuses_a_run_that_is_not_encrypted(store):
+    register(store, "run_p")
+    claim = store.claim("run_p", worker_id="host-a")
+    with pytest.raises(TransitionRefused, match="only encrypted runs are audited"):
+        store.record_fixity("run_p", fixity_check())
+    assert store.heartbeat(claim)  # the archiving claim is untouched
+    assert "fixity" not in store.get("run_p")
+
+
+def test_due_audits_are_marked_once_per_window(store, clock):
+    for run_id in ("run_a", "run_b"):
+        encrypted_run(store, run_id)
+    register(store, "run_pending")
+    clock.advance(3 * 86400)
+    due = store.due_for_fixity(timedelta(days=1), window_seconds=3600)
+    assert sorted(doc["_id"] for doc in due) == ["run_a", "run_b"]
+    marked = store.mark_fixity_enqueued_many(due)
+    assert sorted(doc["_id"] for doc in marked) == ["run_a", "run_b"]
+    assert store.due_for_fixity(timedelta(days=1), window_seconds=3600) == []
+    clock.advance(3600)
+    assert len(store.due_for_fixity(timedelta(days=1), window_seconds=3600)) == 2
+    assert store.mark_fixity_enqueued_many(due) == []  # stale documents: another won

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from dfarchive import keys
+from dfarchive.adopt import key_file_recipients
 from dfarchive.errors import ToolError
 from dfarchive.keys import gpg_passphrase
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.store import SqliteStore
 from dfarchive.tarindex import TarIndex
-from dfarchive.verify import NotVerifiable, archive_record, verify_run
+from dfarchive.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
 from tests.test_cli_dfarchive import add_run, write_config
 from tests.test_restore import (
     LEGACY_KEYS,
@@ -267,3 +268,51 @@ def test_an_adopted_run_verifies_and_restores_from_the_store(
     assert code == 0, err
     assert "no recorded checksum to compare" in out
     assert tree(into / archived.run_id) == tree(archived.source)
+
+
+# -- fixity audits: what the shallow check adds ---------------------------------------------
+
+
+def test_a_missing_archive_is_flagged_apart_from_damage(archived: ArchivedRun, tmp_path) -> None:
+    gone = verify_run(encrypted_doc(archived, file=str(tmp_path / "on-tape.tar.gpg")))
+    assert gone.missing and gone.problems == [f"archive {tmp_path / 'on-tape.tar.gpg'} is missing"]
+    copy = copy_archive(archived, tmp_path)
+    with open(copy, "r+b") as f:
+        f.truncate(10)
+    damaged = verify_run(encrypted_doc(archived, file=str(copy)))
+    assert not damaged.ok and not damaged.missing
+
+
+def test_the_key_file_must_be_addressed_to_the_recorded_recipient(archived: ArchivedRun) -> None:
+    fingerprint = archived.record["recipient_fingerprint"]
+    lister = recipient_key_lister(archived.home.home)
+    report = verify_run(encrypted_doc(archived), recipient_keys=lister)
+    assert report.ok, report.problems
+    assert f"key file {archived.key} addressed to {fingerprint}" in report.passed
+    addressed = ", ".join(key_file_recipients(archived.key))
+    other = verify_run(encrypted_doc(archived), recipient_keys=lambda fp: {"0123456789ABCDEF"})
+    assert other.problems == [
+        f"key file {archived.key} is encrypted to {addressed}, not to the recorded recipient "
+        f"{fingerprint} (key ids 0123456789ABCDEF)"
+    ]
+
+
+def test_an_unreadable_key_file_is_a_problem(archived: ArchivedRun, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.key.gpg"
+    junk.write_bytes(b"not openpgp at all")
+    report = verify_run(
+        encrypted_doc(archived, key_file=str(junk)),
+        recipient_keys=recipient_key_lister(archived.home.home),
+    )
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"key file {junk} is not a wrapped key: ")
+
+
+def test_every_byte_read_is_reported(archived: ArchivedRun) -> None:
+    reads: list[int] = []
+    for deep in (False, True):
+        reads.clear()
+        report = verify_run(
+            encrypted_doc(archived), deep=deep, unwrap=unwrapper(archived), on_read=reads.append
+        )
+        assert report.ok and sum(reads) == report.bytes_read == archived.record["size"]

@@ -5,14 +5,19 @@
                                         database and design documents) and
                                         ``keys_path`` (mode 0700)
 ``dfarchive status [--status S]``       one line per run: progress, throughput,
-                                        worker, age, failures, last error
+                                        worker, age, failures, last fixity audit,
+                                        last error (``--fixity failed|missing|due``)
 ``dfarchive status --json``             the run documents, for scripts (see below)
 ``dfarchive show RUN``                  one run document, pretty-printed JSON
 ``dfarchive retry RUN``                 a failed run back to pending (count reset)
 ``dfarchive release RUN``               a processing run back to pending now, not
                                         counted, whatever its lease says
 ``dfarchive verify RUN [--deep]``       bit-rot check of the archive (see
-                                        :mod:`dfarchive.verify`)
+                                        :mod:`dfarchive.verify`), recorded as the
+                                        run's ``fixity``
+``dfarchive verify --all``              a fixity audit of every encrypted run now
+                                        (``--older-than DAYS``, ``--deep``,
+                                        ``--max-rate MB/s``; see :mod:`dfarchive.fixity`)
 ``dfarchive restore RUN --to DIR``      decrypt, verify and extract safely into
                                         ``DIR/RUN`` (``--archive``/``--key`` to
                                         restore without a store entry)
@@ -43,7 +48,10 @@ plus ``_rev`` and dfarchive's additive fields, any of which may be absent or nul
 ``error``}], and for encrypted runs ``archive`` {``file``, ``size``, ``sha256``,
 ``plaintext_size``, ``plaintext_sha256``, ``members``, ``members_sha256``,
 ``key_file``, ``recipient_fingerprint``, ``engine``, ``validated_with``, ``host``,
-``seconds``}. Consumers should ignore fields they don't know.
+``seconds``}, ``fixity`` {``checked_at``, ``result`` (``"ok"`` | ``"failed"`` |
+``"missing"``), ``reason``, ``host``, ``seconds``, ``deep``}, ``fixity_history`` (the
+earlier ``fixity`` records, oldest first, at most 10) and ``fixity_enqueued_at``.
+Consumers should ignore fields they don't know.
 """
 
 from __future__ import annotations
@@ -78,6 +86,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..audit import AuditSettings
+    from ..fixity import Check
     from ..keys import Recipient
     from ..verify import ArchiveRecord
 
@@ -119,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "show where every run stands")
     status.add_argument("--json", action="store_true", help="print the run documents as JSON")
     status.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    status.add_argument(
+        "--fixity",
+        choices=FIXITY_FILTERS,
+        help="only runs whose last fixity audit failed or found the archive missing, or "
+        "that are due for one (by fixity_interval_days; if that is 0, never audited)",
+    )
 
     show = command("show", cmd_show, "print one run document as JSON")
     show.add_argument("run_id", metavar="RUN_ID")
@@ -133,13 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release.add_argument("run_id", metavar="RUN_ID")
 
-    verify = command("verify", cmd_verify, "check an archive against its record (bit rot)")
-    verify.add_argument("run_id", metavar="RUN_ID")
+    verify = command(
+        "verify", cmd_verify, "check archives against their records (bit rot); recorded"
+    )
+    verify.add_argument("run_id", metavar="RUN_ID", nargs="?")
     verify.add_argument(
         "--deep",
         action="store_true",
         help="also decrypt it (needs the recipient's private key) and check the "
         "integrity code and the plaintext checksum",
+    )
+    verify.add_argument(
+        "--all", action="store_true", help="audit every encrypted run (a fixity audit, now)"
+    )
+    verify.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="with --all: only runs not checked in the last DAYS days",
+    )
+    verify.add_argument(
+        "--max-rate",
+        type=float,
+        metavar="MB/s",
+        help="read at most this many MB/s (default: fixity_max_rate; 0: no limit)",
     )
 
     restore = command("restore", cmd_restore, "decrypt, verify and extract an archive")
@@ -177,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+FIXITY_FILTERS = ("failed", "missing", "due")  # dfarchive.fixity.FILTERS, imported lazily
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -276,6 +312,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     with _open_existing_store(config) as store:
         docs = store.runs(args.status)
+    if args.fixity:
+        docs = _fixity_filtered(docs, args.fixity, config)
     leftovers = _key_leftovers(config, docs)
     if args.json:
         print(_dump(docs))
@@ -285,13 +323,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         if docs:
             for line in render_table(docs, utc_now(), width=width, notes=notes):
                 print(line)
-        print(summary_line(docs) + (f" (status {args.status})" if args.status else ""))
+        filters = [
+            f"{key} {value}"
+            for key, value in (("status", args.status), ("fixity", args.fixity))
+            if value
+        ]
+        print(summary_line(docs) + (f" ({', '.join(filters)})" if filters else ""))
     for path in leftovers.values():
         _say(
             f"warning: plaintext run key {path} left by dataflow_archive; it is removed "
             "when dfarchive archives or adopts that run"
         )
     return EXIT_OK
+
+
+def _fixity_filtered(docs: list[RunDocument], wanted: str, config: Config) -> list[RunDocument]:
+    from datetime import timedelta
+
+    from ..fixity import matches_filter
+
+    days = config.fixity_interval_days
+    interval = timedelta(days=days) if days > 0 else None
+    now = utc_now()
+    return [doc for doc in docs if matches_filter(doc, wanted, now, interval)]
 
 
 def _key_leftovers(config: Config, docs: list[RunDocument]) -> dict[str, Path]:
@@ -358,19 +412,29 @@ def _operator_transition(
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check the archive against its record: 0 ok, 1 mismatch or nothing to verify."""
-    from ..verify import NotVerifiable, verify_run
+    """Check the archive against its record and record the result as the run's
+    ``fixity``: 0 ok, 1 mismatch or nothing to verify. ``--all``: :func:`verify_all`."""
+    from ..audit import audit
 
+    if (args.run_id is None) == (not args.all):
+        _say("verify: give either RUN_ID or --all")
+        return EXIT_USAGE
+    if args.older_than is not None and not args.all:
+        _say("verify: --older-than goes with --all")
+        return EXIT_USAGE
     config = _load(args)
+    settings = _audit_settings(args, config)
     with _open_existing_store(config) as store:
+        if args.all:
+            return verify_all(store, settings, older_than=args.older_than)
         doc = _get_run(store, args.run_id)
-    if doc is None:
-        return EXIT_CHECK_FAILED
-    try:
-        report = verify_run(doc, deep=args.deep, unwrap=_unwrapper(config))
-    except NotVerifiable as error:
-        _say(f"nothing to verify: {error}")
-        return EXIT_CHECK_FAILED
+        if doc is None:
+            return EXIT_CHECK_FAILED
+        check, report = audit(doc, settings)
+        if report is None:
+            _say(f"nothing to verify: {check.reason}")
+            return EXIT_CHECK_FAILED
+        _record(store, args.run_id, check)
     for line in report.passed:
         print(f"ok        {line}")
     for line in report.problems:
@@ -381,6 +445,96 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.run_id}: {report.archive}: {kind} FAILED ({len(report.problems)} problems)")
     return EXIT_CHECK_FAILED
+
+
+def _audit_settings(args: argparse.Namespace, config: Config) -> AuditSettings:
+    from ..audit import AuditSettings
+    from ..fixity import MB, RateLimiter
+    from ..verify import recipient_key_lister
+
+    rate = config.fixity_max_rate if args.max_rate is None else args.max_rate
+    if rate < 0:
+        raise DfArchiveError(f"--max-rate: expected MB/s >= 0, got {rate}")
+    return AuditSettings(
+        limiter=RateLimiter(rate * MB) if rate > 0 else None,
+        deep=args.deep,
+        unwrap=_unwrapper(config) if args.deep else None,
+        recipient_keys=recipient_key_lister(_gnupg_home(config)),
+    )
+
+
+def _record(store: RunStore, run_id: str, check: Check) -> None:
+    """Record an audit's outcome; a run that changed meanwhile is only reported."""
+    try:
+        store.record_fixity(run_id, check.record())
+    except (TransitionRefused, UnknownRun) as error:
+        _say(f"[{run_id}] result not recorded: {error}")
+
+
+def verify_all(store: RunStore, settings: AuditSettings, *, older_than: float | None) -> int:
+    """Audit every encrypted run (not checked for ``older_than`` days), one at a time,
+    with a live progress line in a terminal; one line per run and a summary. 1 if any
+    failed (a missing archive is reported, not a failure)."""
+    from ..attempt import Outcome
+    from ..audit import audit
+    from ..fixity import FAILED, MISSING, OK, auditable, checked_at
+    from ..progress_view import TerminalProgress, format_duration, wants_progress
+
+    now = utc_now()
+    docs = store.runs(ENCRYPTED)
+    unadopted = [doc["_id"] for doc in docs if not auditable(doc)]
+    todo = [
+        doc
+        for doc in docs
+        if auditable(doc)
+        and (
+            older_than is None
+            or (checked := checked_at(doc)) is None
+            or (now - checked).total_seconds() >= older_than * 86400
+        )
+    ]
+    view = TerminalProgress(sys.stderr) if wants_progress(sys.stderr) else None
+    if view is not None:
+        view.attach()
+    counts = dict.fromkeys((OK, FAILED, MISSING), 0)
+    read, started = 0, utc_now()
+    try:
+        for number, doc in enumerate(todo, 1):
+            label = f"[{number}/{len(todo)}] {doc['_id']}"
+            total = int(doc["archive"].get("size") or 0)
+            done = 0
+
+            def progress(n: int, label: str = label, total: int = total) -> None:
+                nonlocal done
+                done += n
+                if view is not None:
+                    view.progress(label, done, total)
+
+            check, report = audit(doc, settings, on_read=progress)
+            if view is not None:
+                view.ended(label, Outcome.ENCRYPTED, None)
+            read += report.bytes_read if report is not None else 0
+            _record(store, doc["_id"], check)
+            counts[check.result] += 1
+            word = {OK: "ok", FAILED: "FAILED", MISSING: "MISSING"}[check.result]
+            print(f"{word:8}  {doc['_id']}" + (f": {check.reason}" if check.reason else ""))
+    finally:
+        if view is not None:
+            view.close()
+    seconds = (utc_now() - started).total_seconds()
+    rate = f", {read / seconds / 1e6:.1f} MB/s" if seconds > 0 else ""
+    kind = "deep " if settings.deep else ""
+    print(
+        f"{len(todo)} runs {kind}audited: {counts[OK]} ok, {counts[FAILED]} failed, "
+        f"{counts[MISSING]} missing ({read / 1e9:.2f} GB in {format_duration(seconds)}{rate})"
+    )
+    if unadopted:
+        print(
+            f"{len(unadopted)} encrypted runs not audited: archived by the original tool and "
+            f"not adopted yet (dfarchive adopt --all): {', '.join(unadopted[:5])}"
+            + (" ..." if len(unadopted) > 5 else "")
+        )
+    return EXIT_CHECK_FAILED if counts[FAILED] else EXIT_OK
 
 
 def _restore_config(args: argparse.Namespace) -> Config | None:

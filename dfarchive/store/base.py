@@ -16,10 +16,10 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import runstate
+from .. import fixity, runstate
 from ..errors import ClaimLost, NotClaimable, StoreError, TransitionRefused, UnknownRun
 from ..runstate import RunDocument
 
@@ -362,6 +362,44 @@ class RunStore(ABC):
         """
         cleared = [{**doc, "enqueued_at": None} for doc in marked]
         return [doc["_id"] for doc in self._replace_many(cleared)] if cleared else []
+
+    # -- fixity audits (dfarchive.fixity) -------------------------------------------
+
+    def record_fixity(self, run_id: str, check: Mapping[str, Any]) -> RunDocument:
+        """Record an audit's outcome (:func:`runstate.record_fixity`). A concurrent
+        write to the document only makes this re-read and record again.
+
+        Raises: UnknownRun; TransitionRefused if the run is no longer encrypted.
+        """
+        return self._update(run_id, lambda doc: runstate.record_fixity(doc, check=check))
+
+    def due_for_fixity(self, interval: timedelta, window_seconds: float) -> list[RunDocument]:
+        """Encrypted runs due for an audit whose last audit message (if any) is older
+        than ``window_seconds``. One read of the encrypted runs."""
+        now = self.clock()
+        window = timedelta(seconds=window_seconds)
+        due = []
+        for doc in self.runs(runstate.ENCRYPTED):
+            if not fixity.is_due(doc, now, interval):
+                continue
+            sent = runstate.parse_timestamp(doc.get("fixity_enqueued_at"))
+            if sent is None or now - sent >= window:
+                due.append(doc)
+        return due
+
+    def mark_fixity_enqueued_many(
+        self, docs: Iterable[RunDocument], *, sent: bool = True
+    ) -> list[RunDocument]:
+        """Record (``sent``) or remove an audit message's mark for each run whose
+        document is still as read, in one write; returns those written."""
+        now = self.clock() if sent else None
+        changed = []
+        for doc in docs:
+            try:
+                changed.append(runstate.mark_fixity_enqueued(doc, now=now))
+            except TransitionRefused:
+                continue
+        return self._replace_many(changed) if changed else []
 
     # -- the compare-and-swap loop ------------------------------------------------
 

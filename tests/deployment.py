@@ -1,0 +1,140 @@
+"""A test 'facility' of real processes: ``dramatiq dfarchive.actors`` workers, the
+``dataflow_archive`` scheduler, RabbitMQ and the CouchDB-compatible server.
+
+Shared by the end-to-end tests that need one (not a test module: importing it collects
+no tests). tests/test_workers.py has its own copy of the same helper.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BIN = Path(sys.executable).parent
+SENTINEL = ".metadata_rsync_exitcode"
+
+
+class Deployment:
+    """Config, folders (``seq/seqA``, ``archives``, ``keys``) and the processes started."""
+
+    def __init__(
+        self, tmp_path: Path, couchdb_server, database: str, amqp_url: str, queue: str,
+        gnupg_home, **extra: Any,
+    ) -> None:  # fmt: skip
+        self.tmp = tmp_path
+        self.queue = queue
+        self.amqp_url = amqp_url
+        self.gnupg_home = gnupg_home
+        for name in ("seq/seqA", "archives", "keys"):
+            (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "keys").chmod(0o700)
+        self.config = tmp_path / "df_archive.yaml"
+        settings = couchdb_server.facility_config(
+            database, tmp_path, gnupg_home.fingerprint, broker_url=amqp_url, scan_interval=0.5
+        )
+        self.config.write_text(yaml.safe_dump({**settings, **extra}))
+        self.store = couchdb_server.store(database=database)
+        self.store.setup()
+        self.processes: list[subprocess.Popen] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",  # logs reach the files while the processes run
+            "ARCHIVE_CONFIG": str(self.config),
+            "GNUPGHOME": self.gnupg_home.home,
+            "DFARCHIVE_QUEUE": self.queue,
+            **extra,
+        }
+
+    def run_folder(self, name: str, size: int = 1 << 20, *, random: bool = False) -> Path:
+        run = self.tmp / "seq" / "seqA" / name
+        run.mkdir(parents=True)
+        (run / "RunInfo.xml").write_text(f"<RunInfo id='{name}'/>")
+        with open(run / "big.cbcl", "wb") as f:
+            if random:
+                f.write(os.urandom(size))
+            else:
+                f.truncate(size)
+        (run / SENTINEL).write_text("0")
+        return run
+
+    def worker(self, host: str, *, threads: int = 2, **env: str) -> subprocess.Popen:
+        log = open(self.tmp / f"worker-{host}.log", "w")  # noqa: SIM115 - closed at exit
+        proc = subprocess.Popen(
+            [
+                str(BIN / "dramatiq"),
+                "dfarchive.actors",
+                "--processes",
+                "1",
+                "--threads",
+                str(threads),
+                "--worker-shutdown-timeout",
+                "600000",
+            ],
+            env=self.env(DFARCHIVE_WORKER_ID=host, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def scheduler(self) -> subprocess.Popen:
+        log = open(self.tmp / "scheduler.log", "w")  # noqa: SIM115 - closed at exit
+        proc = subprocess.Popen(
+            [str(BIN / "dataflow_archive"), "-c", str(self.config)],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # stop_all may kill its group
+        )
+        self.processes.append(proc)
+        return proc
+
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``dfarchive ARGV…`` with this facility's config."""
+        return subprocess.run(
+            [str(BIN / "dfarchive"), *argv, "-c", str(self.config)],
+            env=self.env(),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def docs(self) -> dict[str, dict]:
+        return {doc["_id"]: doc for doc in self.store.runs()}
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-4000:] for p in self.tmp.glob("*.log"))
+
+    def wait_for(self, predicate, what: str, timeout: float = 120) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            docs = self.docs()
+            if predicate(docs):
+                return docs
+            time.sleep(0.2)  # polling the store with a deadline
+        raise AssertionError(
+            f"timed out waiting for {what}; documents: {self.docs()}\n{self.logs()}"
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.store.close()
