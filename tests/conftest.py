@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.deployment import Deployment
 
 pytest_plugins = [
     name
     for name in ("tests.gpg_fixtures", "tests.couchdb_fixtures", "tests.amqp")
     if importlib.util.find_spec(name) is not None
 ]
+
+
+@pytest.fixture
+def deployment(
+    tmp_path, couchdb_server, couchdb_database, amqp_url, queue_name, gnupg_home
+) -> Iterator[Callable[..., Deployment]]:
+    """Make a :class:`tests.deployment.Deployment` (its processes stopped at the end)."""
+    made: list[Deployment] = []
+
+    def make(**extra: Any) -> Deployment:
+        made.append(
+            Deployment(
+                tmp_path, couchdb_server, couchdb_database, amqp_url, queue_name, gnupg_home,
+                **extra,
+            )
+        )
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.stop_all()

@@ -2,12 +2,13 @@
 ``dataflow_archive`` scheduler, RabbitMQ and the CouchDB-compatible server.
 
 Shared by the end-to-end tests that need one (not a test module: importing it collects
-no tests). tests/test_workers.py has its own copy of the same helper.
+no tests); the ``deployment`` fixture in tests/conftest.py makes them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,9 +45,27 @@ class Deployment:
         self.store.setup()
         self.processes: list[subprocess.Popen] = []
 
+    def slow_tar(self, seconds_per_mib: float = 1.0) -> None:
+        """Make the workers' tar pause at checkpoints (real tar, just slower), so a run
+        stays in flight long enough for broker and store faults to hit it."""
+        bin_dir = self.tmp / "slowbin"
+        bin_dir.mkdir(exist_ok=True)
+        wrapper = bin_dir / "tar"
+        records = max(1, round(104.8576 / seconds_per_mib))  # 10 KiB records per pause
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"exec {shutil.which('tar')} --checkpoint={records} "
+            '--checkpoint-action=sleep=1 "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        self.extra_path = f"{bin_dir}:"
+
+    extra_path = ""
+
     def env(self, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
+            "PATH": self.extra_path + os.environ["PATH"],
             "PYTHONUNBUFFERED": "1",  # logs reach the files while the processes run
             "ARCHIVE_CONFIG": str(self.config),
             "GNUPGHOME": self.gnupg_home.home,
@@ -66,7 +85,9 @@ class Deployment:
         (run / SENTINEL).write_text("0")
         return run
 
-    def worker(self, host: str, *, threads: int = 2, **env: str) -> subprocess.Popen:
+    def worker(
+        self, host: str, *, threads: int = 2, shutdown_timeout_ms: int = 600_000, **env: str
+    ) -> subprocess.Popen:
         log = open(self.tmp / f"worker-{host}.log", "w")  # noqa: SIM115 - closed at exit
         proc = subprocess.Popen(
             [
@@ -77,7 +98,7 @@ class Deployment:
                 "--threads",
                 str(threads),
                 "--worker-shutdown-timeout",
-                "600000",
+                str(shutdown_timeout_ms),
             ],
             env=self.env(DFARCHIVE_WORKER_ID=host, **env),
             stdout=log,
@@ -110,6 +131,13 @@ class Deployment:
             timeout=120,
         )
 
+    def restore(self, run_id: str) -> Path:
+        """``dfarchive restore`` the run into a fresh folder; return the restored run."""
+        into = self.tmp / "restored"
+        into.mkdir(exist_ok=True)
+        self.cli("restore", run_id, "--to", str(into))
+        return into / run_id
+
     def docs(self) -> dict[str, dict]:
         return {doc["_id"]: doc for doc in self.store.runs()}
 
@@ -126,6 +154,14 @@ class Deployment:
         raise AssertionError(
             f"timed out waiting for {what}; documents: {self.docs()}\n{self.logs()}"
         )
+
+    def partials(self) -> list[Path]:
+        return [
+            p
+            for d in ("archives", "keys")
+            for p in (self.tmp / d).iterdir()
+            if p.name.endswith(".partial")
+        ]
 
     def stop_all(self) -> None:
         for proc in self.processes:

@@ -9,7 +9,6 @@ import re
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,24 +35,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def facility(
-    tmp_path, couchdb_server, couchdb_database, amqp_url, queue_name, gnupg_home
-) -> Iterator[Deployment]:
-    made = Deployment(
-        tmp_path,
-        couchdb_server,
-        couchdb_database,
-        amqp_url,
-        queue_name,
-        gnupg_home,
+def facility(deployment) -> Deployment:
+    return deployment(
         fixity_interval_days=INTERVAL_SECONDS / 86400,
         fixity_max_rate=RATE_MB_S,
         metrics_port=free_port(),
-    )
-    try:
-        yield made
-    finally:
-        made.stop_all()  # the queue_name fixture deletes the queues, the fixity one too
+    )  # the queue_name fixture deletes the queues, the fixity one too
 
 
 def adopt_legacy_runs(facility: Deployment, count: int) -> list[str]:
