@@ -191,7 +191,8 @@ def test_a_run_released_by_an_operator_is_dropped_by_its_worker_then_archived_on
 ):
     """``dfarchive release`` on a run a live worker holds: the worker stops at its next
     heartbeat (removing its partial files), and a later pass archives the run anew."""
-    config = make_config(tmp_path, gnupg_home, lease_seconds=3)  # a heartbeat a second
+    # a heartbeat every 2 s; long enough that a loaded machine does not fence the attempt
+    config = make_config(tmp_path, gnupg_home, lease_seconds=6)
     sparse_run(tmp_path, "run_a", 2 << 30)
     proc = start(config)
     try:
