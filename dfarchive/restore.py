@@ -45,22 +45,27 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
+from collections import deque
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO, Literal, NoReturn
 
-from .errors import CryptoError, DfArchiveError, ValidationError
+from .errors import Cancelled, CryptoError, DfArchiveError, ValidationError
 from .keys import gpg_passphrase
 from .openpgp import decrypt
+from .openpgp.reader import PIECE_SIZE
 from .publish import fsync_directory
 from .tarindex import BLOCK, MAX_META_SIZE, TarIndex
-from .threadhash import ThreadedHash
+from .threadhash import ThreadedHash, Ticket
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 4 << 20
 """Bytes read from the archive per step."""
+PIECES_IN_FLIGHT = 4
+"""Decrypted pieces (of up to ``PIECE_SIZE``) handed over to extraction at a time."""
 COPY_SIZE = 1 << 20
 """Bytes read per step by :func:`extract_stream`."""
 TEMP_PREFIX = ".dfarchive-restore-"
@@ -202,51 +207,42 @@ class _Plaintext:
 def _extract_verified(
     source: BinaryIO, passphrase: bytes, extractor: SafeExtractor, *, where: str
 ) -> _Plaintext:
-    """Decrypt ``source`` and extract its tar stream as it is decrypted, hashing it
-    (SHA-256 on a helper thread) and walking its headers with :class:`TarIndex` on the
-    way. Returns once the MDC verified and the stream proved whole.
+    """Decrypt ``source`` on a thread and extract its tar stream on this one as it is
+    decrypted, so that decryption overlaps the creating and writing of files. Returns
+    once the MDC verified and the stream proved whole.
 
     Raises: RestoreIntegrityError (decryption failed: damage, tampering, wrong key),
     UnsafeMember, RestoreError.
     """
     tar = TarExtraction(extractor)
-    index = TarIndex()
-    size = 0
     with ThreadedHash("sha256") as sha256:
-
-        def sink(chunk: bytes | memoryview) -> None:
-            nonlocal size
-            ticket = sha256.submit(chunk)
-            try:
-                size += len(chunk)
-                index.feed(chunk)
-                tar.feed(chunk)
-            finally:
-                sha256.wait(ticket)  # the decryptor reuses the buffer after we return
-
+        decryption = _Decryption(source, passphrase, sha256, where=where)
         try:
-            decrypt(source, passphrase, sink, read_size=READ_SIZE)
+            while (piece := decryption.pieces.get()) is not None:
+                try:
+                    tar.feed(piece.view)
+                finally:
+                    decryption.pieces.release(piece)
+            decryption.join()
             tar.finish()
-        except CryptoError as error:
-            raise RestoreIntegrityError(
-                f"{where}: fails the integrity check ({error}); the archive is damaged "
-                "or tampered with, or the key is not this archive's"
-            ) from None
-        except ValidationError as error:
-            raise RestoreError(f"{where}: the decrypted tar stream is corrupt: {error}") from None
-        except OSError as error:
-            raise RestoreError(f"{where}: cannot decrypt: {error}") from None
+        except BaseException as error:
+            decryption.stop()
+            cause = decryption.failure()
+            explained = isinstance(error, RestoreError) and not isinstance(error, UnsafeMember)
+            if cause is not None and explained:
+                raise cause from None  # the damage explains the broken tar stream
+            raise
         finally:
             tar.close()
         digest = sha256.hexdigest()
-    summary = index.summary()
+    summary = decryption.index.summary()
     if not summary.end_of_archive or summary.members != tar.members:
         raise RestoreError(
             f"{where}: the tar stream is incomplete or unreadable after "
             f"{tar.members} members (it lists {summary.members}; "
             f"end-of-archive marker {'seen' if summary.end_of_archive else 'missing'})"
         )
-    return _Plaintext(size=size, sha256=digest, members=tar.members)
+    return _Plaintext(size=decryption.size, sha256=digest, members=tar.members)
 
 
 def _check_plaintext(
@@ -384,6 +380,147 @@ def remove_tree(path: Path) -> None:
         log.warning("could not remove the temporary directory %s", path)
 
 
+# -- decryption on a thread, handing pieces over ----------------------------------------
+
+
+@dataclass
+class _Piece:
+    """A decrypted piece in one of the hand-off buffers; ``ticket``: its SHA-256."""
+
+    buffer: bytearray
+    view: memoryview
+    ticket: Ticket
+
+
+class _Pieces:
+    """Decrypted pieces handed from the decrypting thread to the extracting one through
+    a few buffers reused all along: one copy per piece, no pipe, no new memory."""
+
+    def __init__(self, buffers: int, size: int) -> None:
+        self._size = size
+        self._free = [bytearray(size) for _ in range(buffers)]
+        self._ready: deque[_Piece] = deque()
+        self._changed = threading.Condition()
+        self._closed = False  # no more pieces will come
+        self._stopped = False  # the extracting side gave up
+
+    def put(self, chunk: memoryview, sha256: ThreadedHash) -> memoryview:
+        """Copy ``chunk`` into a free buffer (waiting for one), start hashing it and
+        queue it; return the copy. Raises Cancelled once :meth:`stop` was called."""
+        with self._changed:
+            while not self._free and not self._stopped:
+                self._changed.wait()
+            if self._stopped:
+                raise Cancelled("restore stopped")
+            buffer = self._free.pop()
+        view = memoryview(buffer)[: len(chunk)]
+        view[:] = chunk
+        piece = _Piece(buffer, view, sha256.submit(view))
+        with self._changed:
+            self._ready.append(piece)
+            self._changed.notify_all()
+        return view
+
+    def get(self) -> _Piece | None:
+        """The next piece, waiting for it; None once the decryption ended."""
+        with self._changed:
+            while not self._ready and not self._closed:
+                self._changed.wait()
+            return self._ready.popleft() if self._ready else None
+
+    def release(self, piece: _Piece) -> None:
+        """Hand a piece's buffer back for reuse, once it is hashed."""
+        ThreadedHash.wait(piece.ticket)
+        piece.view.release()
+        with self._changed:
+            self._free.append(piece.buffer)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """No more pieces (the decrypting side ended)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        """The extracting side gives up: a waiting :meth:`put` raises Cancelled."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+
+class _Decryption:
+    """Decrypts ``source`` on a thread into :attr:`pieces`, counting, hashing (SHA-256,
+    on a helper) and walking the tar headers of the plaintext on the way. Nothing
+    handed over is verified until :meth:`join` returned without error."""
+
+    def __init__(
+        self, source: BinaryIO, passphrase: bytes, sha256: ThreadedHash, *, where: str
+    ) -> None:
+        self.where = where
+        self.size = 0
+        self.index = TarIndex()
+        self.pieces = _Pieces(PIECES_IN_FLIGHT, PIECE_SIZE)
+        self.error: Exception | None = None
+        self._source = source
+        self._passphrase = passphrase
+        self._sha256 = sha256
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="restore-decrypt", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            decrypt(
+                self._source,
+                self._passphrase,
+                self._sink,
+                read_size=READ_SIZE,
+                cancel=self._cancel,
+            )
+        except Exception as error:  # handed to the extracting thread by join()/failure()
+            self.error = error
+        finally:
+            self._passphrase = b""
+            self.pieces.close()
+
+    def _sink(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk).cast("B")
+        while view:
+            copy = self.pieces.put(view[:PIECE_SIZE], self._sha256)
+            self.size += len(copy)
+            self.index.feed(copy)
+            view = view[PIECE_SIZE:]
+
+    def stop(self) -> None:
+        """Stop decrypting and wait for the thread; safe to call more than once."""
+        self._cancel.set()
+        self.pieces.stop()
+        self._thread.join()
+
+    def failure(self) -> RestoreError | None:
+        """Why decryption failed (after :meth:`stop` or the thread's end), if it did
+        for a reason of its own rather than being stopped."""
+        error = self.error
+        if isinstance(error, CryptoError):
+            return RestoreIntegrityError(
+                f"{self.where}: fails the integrity check ({error}); the archive is damaged "
+                "or tampered with, or the key is not this archive's"
+            )
+        if isinstance(error, ValidationError):
+            return RestoreError(f"{self.where}: the decrypted tar stream is corrupt: {error}")
+        return None
+
+    def join(self) -> None:
+        """Wait for the end of decryption; raise if it did not verify."""
+        self._thread.join()
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+        if self.error is not None:
+            raise RestoreError(f"{self.where}: cannot decrypt: {self.error}")
+
+
 # -- safe extraction ------------------------------------------------------------------
 
 
@@ -414,6 +551,8 @@ _META_TYPES = frozenset(
     }
 )
 """Header types that describe the member after them (long names, pax records)."""
+_TYPEFLAG = slice(156, 157)
+_SIZE = slice(124, 136)
 _ZERO_BLOCK = bytes(BLOCK)
 _SPARSE = "sparse files are not restored"
 
@@ -528,17 +667,17 @@ class TarExtraction:
         if len(self._blocks) == BLOCK and block == _ZERO_BLOCK:
             self._ended = True  # end-of-archive marker
             return
-        try:
-            header = tarfile.TarInfo.frombuf(block, TAR_ENCODING, TAR_ERRORS)
+        if block[_TYPEFLAG] not in _META_TYPES:
+            self._header_end()
+            return
+        try:  # the checksum is checked when tarfile parses the whole
+            size = tarfile.nti(block[_SIZE])
         except tarfile.HeaderError:
             self._header_end()
             return
-        if header.type not in _META_TYPES:
-            self._header_end()
-            return
-        if header.size > MAX_META_SIZE:
-            raise self._unreadable(f"an extended header of {header.size} bytes")
-        self._need += _blocks(header.size) + BLOCK  # its data, then the next header
+        if size > MAX_META_SIZE:
+            raise self._unreadable(f"an extended header of {size} bytes")
+        self._need += _blocks(size) + BLOCK  # its data, then the next header
 
     def _header_end(self) -> None:
         """Parse the blocks collected as tarfile would, and extract the member."""
@@ -627,6 +766,9 @@ class SafeExtractor:
         self.run_folder = run_folder_name(run_id)
         self.preserve_owner = preserve_owner
         self._directories: list[tuple[tuple[bytes, ...], tarfile.TarInfo]] = []
+        self._real_directories: set[bytes] = set()
+        """Paths known to be real directories: nothing extracted ever replaces a
+        directory (see :meth:`_clear`), so they are looked at once."""
 
     def extract(self, member: tarfile.TarInfo) -> _MemberFile | None:
         """Extract one member, in stream order. A regular file is returned open, for its
@@ -678,10 +820,13 @@ class SafeExtractor:
         path = self.root
         for part in parts[:-1]:
             path = _join(path, part)
+            if path in self._real_directories:
+                continue
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path)  # not in the archive: default mode, as tar does
+                self._real_directories.add(path)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafeMember(
@@ -691,6 +836,7 @@ class SafeExtractor:
                 )
             if not stat.S_ISDIR(st.st_mode):
                 raise UnsafeMember(name, f"{os.fsdecode(part)!r} on its path is not a directory")
+            self._real_directories.add(path)
 
     def _existing_target(self, member: tarfile.TarInfo) -> bytes:
         """The path of an already extracted hard-link target inside the tree."""
@@ -738,12 +884,17 @@ class SafeExtractor:
     ) -> None:
         if not self._clear(path, member.name, keep_directory=True):
             os.mkdir(path, 0o700)
+        self._real_directories.add(path)
         self._directories.append((parts, member))
 
     def _make_file(self, path: bytes, member: tarfile.TarInfo) -> _MemberFile:
-        self._clear(path, member.name, keep_directory=False)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        return _MemberFile(os.open(path, flags, 0o600), member, self)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # an earlier member of that name (O_EXCL: never followed)
+            self._clear(path, member.name, keep_directory=False)
+            fd = os.open(path, flags, 0o600)
+        return _MemberFile(fd, member, self)
 
     def complete_file(self, fd: int, member: tarfile.TarInfo) -> None:
         """Give a file whose data is written its owner, mode and times."""
