@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,10 @@ def _run_rounds(
         for case in cases:
             if case.max_rounds is not None and i >= case.max_rounds:
                 continue
-            measured = {**run_case(case, ctx, env), "arguments": case.arguments(ctx.quick)}
+            measured = {
+                **run_case(case, replace(ctx, round=i), env),
+                "arguments": case.arguments(ctx.quick),
+            }
             results[case.name].append(measured)
             _progress(
                 f"round {i + 1}/{rounds} {case.label}: {measured['mb_s']:.0f} MB/s, "

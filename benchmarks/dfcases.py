@@ -269,10 +269,11 @@ def _stock_restore(archive: Path, key: Path, into: Path, gnupg_home: str) -> Non
 
 def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
     """Restoring one archive (made untimed by the default engine, key wrapped with gpg,
-    as ``archive_run`` leaves them), timed twice from a cold archive: ``stock``, the
-    README's ``gpg -d KEY | gpg -d ARCHIVE | tar -x``; ``dfarchive``, what ``dfarchive
-    restore`` does (unwrap the key, then :func:`dfarchive.restore.restore_archive` with
-    the recorded size and SHA-256: MDC, SHA-256 and safe extraction checked)."""
+    as ``archive_run`` leaves them), timed twice from a cold archive, in turn first
+    (even rounds: stock first): ``stock``, the README's ``gpg -d KEY | gpg -d ARCHIVE |
+    tar -x``; ``dfarchive``, what ``dfarchive restore`` does (unwrap the key, then
+    :func:`dfarchive.restore.restore_archive` with the recorded size and SHA-256: MDC,
+    SHA-256 and safe extraction checked)."""
     run_path, _ = ctx.run(data)
     work = Path(ctx.work_dir) / "restore"
     work.mkdir(mode=0o700)
@@ -283,23 +284,28 @@ def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
         result = _encrypt_to(archive, ArchiveSettings.engine, run_path, passphrase)
         recipient = resolve_recipient(ctx.fingerprint, gnupg_home=ctx.gnupg_home)
         key.write_bytes(wrap_key(passphrase, recipient, gnupg_home=ctx.gnupg_home))
-        stock, ours = work / "stock", work / "dfarchive"
-        stock.mkdir()
-        _drop_from_cache(archive)
-        with phases("stock"):
-            _stock_restore(archive, key, stock, ctx.gnupg_home)
-        _drop_from_cache(archive)
-        with phases("dfarchive"):
+
+        def stock() -> None:
+            (work / "stock").mkdir()
+            _stock_restore(archive, key, work / "stock", ctx.gnupg_home)
+
+        def ours() -> None:
             restored = restore_archive(
                 archive,
                 unwrap_key(key, gnupg_home=ctx.gnupg_home),
-                ours,
+                work / "dfarchive",
                 run_id=run_path.name,
                 plaintext_size=result.plaintext_size,
                 plaintext_sha256=result.plaintext_sha256,
             )
-        if restored.members != result.members:
-            raise RuntimeError(f"restored {restored.members} members of {result.members}")
+            if restored.members != result.members:
+                raise RuntimeError(f"restored {restored.members} members of {result.members}")
+
+        sides = [("stock", stock), ("dfarchive", ours)]
+        for name, side in sides if ctx.round % 2 == 0 else sides[::-1]:
+            _drop_from_cache(archive)
+            with phases(name):
+                side()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Outcome(
