@@ -235,9 +235,11 @@ def splice_relay(ctx: CaseContext, *, data: str = "run") -> Outcome:
     return Outcome(bytes=moved[0], phases=phases.record, extra={"chunk": SPLICE_CHUNK})
 
 
-def _drop_from_cache(path: Path) -> None:
-    """Make the next reader of ``path`` read it from the device (an archive being restored
-    is cold), so neither restore profits from the other's reading."""
+def _settle(path: Path) -> None:
+    """Before a restore: write back what the machine holds dirty (so the other side's
+    files are not written back during this one), and make the next reader of ``path``
+    read it from the device (an archive being restored is cold)."""
+    os.sync()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fdatasync(fd)
@@ -269,11 +271,11 @@ def _stock_restore(archive: Path, key: Path, into: Path, gnupg_home: str) -> Non
 
 def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
     """Restoring one archive (made untimed by the default engine, key wrapped with gpg,
-    as ``archive_run`` leaves them), timed twice from a cold archive, in turn first
-    (even rounds: stock first): ``stock``, the README's ``gpg -d KEY | gpg -d ARCHIVE |
-    tar -x``; ``dfarchive``, what ``dfarchive restore`` does (unwrap the key, then
-    :func:`dfarchive.restore.restore_archive` with the recorded size and SHA-256: MDC,
-    SHA-256 and safe extraction checked)."""
+    as ``archive_run`` leaves them), timed twice, each time from a cold archive and with
+    nothing left to write back, in turn first (even rounds: stock first): ``stock``, the
+    README's ``gpg -d KEY | gpg -d ARCHIVE | tar -x``; ``dfarchive``, what ``dfarchive
+    restore`` does (unwrap the key, then :func:`dfarchive.restore.restore_archive` with
+    the recorded size and SHA-256: MDC, SHA-256 and safe extraction checked)."""
     run_path, _ = ctx.run(data)
     work = Path(ctx.work_dir) / "restore"
     work.mkdir(mode=0o700)
@@ -303,7 +305,7 @@ def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
 
         sides = [("stock", stock), ("dfarchive", ours)]
         for name, side in sides if ctx.round % 2 == 0 else sides[::-1]:
-            _drop_from_cache(archive)
+            _settle(archive)
             with phases(name):
                 side()
     finally:
