@@ -64,8 +64,10 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 4 << 20
 """Bytes read from the archive per step."""
-PIECES_IN_FLIGHT = 4
-"""Decrypted pieces (of up to ``PIECE_SIZE``) handed over to extraction at a time."""
+PIECES_IN_FLIGHT = 16
+"""Decrypted pieces (of up to ``PIECE_SIZE``) handed over to extraction at a time: room
+for decryption to run ahead while many small files are created (4, 16, 32 alternated on
+an 800 MB run: 16 was 5% faster than 4, 32 no faster than 4)."""
 COPY_SIZE = 1 << 20
 """Bytes read per step by :func:`extract_stream`."""
 TEMP_PREFIX = ".dfarchive-restore-"
