@@ -33,6 +33,8 @@ class Case:
             runs-at-once cases and the slow compressing baseline: a smoke run only
             checks that they work).
         max_rounds: run in at most this many rounds (None: every round).
+        needs: what it needs beyond Python and the package (names in
+            :data:`benchmarks.requirements.REQUIREMENTS`); checked before any case runs.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Case:
     runs: int = 1
     quick_small: bool = False
     max_rounds: int | None = None
+    needs: tuple[str, ...] = ()
 
     def arguments(self, quick: bool) -> dict[str, Any]:
         """Keyword arguments for the case function in a full or a quick run."""
@@ -51,6 +54,7 @@ class Case:
 
 
 KIB, MIB = 1 << 10, 1 << 20
+GPG = ("gpg",)
 
 
 def _relay_label(chunk: int) -> str:
@@ -70,38 +74,38 @@ CASES: tuple[Case, ...] = (
     Case("cost_hashes", "cost: SHA-256 in memory (hashlib)", "ceiling",
          "benchmarks.baselines:cost_hashes", primary="sha256"),
     Case("original_1", "original tool: archive+validate", "baseline",
-         "benchmarks.baselines:original"),
+         "benchmarks.baselines:original", needs=GPG),
     Case("dfarchive_1", "dfarchive default: archive+validate", "dfarchive",
-         "benchmarks.dfcases:end_to_end"),
+         "benchmarks.dfcases:end_to_end", needs=GPG),
     Case("shell_none", "tar | gpg --compress-algo none", "baseline",
-         "benchmarks.baselines:shell_gpg", {"compress": False}, primary="archive"),
+         "benchmarks.baselines:shell_gpg", {"compress": False}, primary="archive", needs=GPG),
     Case("steps_inprocess", "inprocess engine: archive step", "dfarchive",
-         "benchmarks.dfcases:engine_steps", {"engine": "inprocess"}, primary="encrypt"),
+         "benchmarks.dfcases:engine_steps", {"engine": "inprocess"}, primary="encrypt", needs=GPG),
     Case("steps_gpg", "gpg engine: archive step", "dfarchive",
-         "benchmarks.dfcases:engine_steps", {"engine": "gpg"}, primary="encrypt"),
+         "benchmarks.dfcases:engine_steps", {"engine": "gpg"}, primary="encrypt", needs=GPG),
     Case("dfarchive_gpg_1", "dfarchive gpg/gpg: archive+validate", "dfarchive",
-         "benchmarks.dfcases:end_to_end", {"engine": "gpg", "validate_with": "gpg"}),
+         "benchmarks.dfcases:end_to_end", {"engine": "gpg", "validate_with": "gpg"}, needs=GPG),
     Case("original_2", "original tool: 2 runs at once", "baseline",
-         "benchmarks.baselines:original", {"runs": 2}, runs=2, quick_small=True),
+         "benchmarks.baselines:original", {"runs": 2}, runs=2, quick_small=True, needs=GPG),
     Case("dfarchive_2", "dfarchive default: 2 runs at once", "dfarchive",
-         "benchmarks.dfcases:end_to_end", {"runs": 2}, runs=2, quick_small=True),
+         "benchmarks.dfcases:end_to_end", {"runs": 2}, runs=2, quick_small=True, needs=GPG),
     Case("dfarchive_gpg_2", "dfarchive gpg/gpg: 2 runs at once", "dfarchive",
          "benchmarks.dfcases:end_to_end", {"engine": "gpg", "validate_with": "gpg", "runs": 2},
-         runs=2, quick_small=True),
+         runs=2, quick_small=True, needs=GPG),
     Case("shell_default", "tar | gpg (default compression)", "baseline",
          "benchmarks.baselines:shell_gpg", {"compress": True}, primary="archive",
-         quick_small=True, max_rounds=1),
+         quick_small=True, max_rounds=1, needs=GPG),
     # The sweeps compare settings with one another (their package defaults included),
     # on the run ten times smaller: eight more passes over the full run would double
     # the length of a full run for no other comparison.
     *(
         Case(f"relay_{chunk // KIB}k", _relay_label(chunk), "sweep",
              "benchmarks.dfcases:gpg_engine_relay", {"chunk": chunk, "data": "small"},
-             primary="encrypt")
+             primary="encrypt", needs=GPG)
         for chunk in (8 * KIB, 64 * KIB, 1 * MIB, 4 * MIB)
     ),
     Case("relay_splice", "small run: gpg engine cmd via os.splice", "sweep",
-         "benchmarks.dfcases:splice_relay", {"data": "small"}, primary="encrypt"),
+         "benchmarks.dfcases:splice_relay", {"data": "small"}, primary="encrypt", needs=GPG),
     *(
         Case(f"inprocess_chunk_{chunk // MIB}m",
              f"small run: inprocess engine chunk {chunk // MIB} MiB", "sweep",
@@ -110,7 +114,11 @@ CASES: tuple[Case, ...] = (
         for chunk in (1 * MIB, 4 * MIB, 16 * MIB)
     ),
     Case("dfarchive_small", "dfarchive default, run 10x smaller", "dfarchive",
-         "benchmarks.dfcases:end_to_end", {"data": "small"}),
+         "benchmarks.dfcases:end_to_end", {"data": "small"}, needs=GPG),
+    # Restoring: the stock tools' pipeline and dfarchive's restore on one archive, one
+    # after the other in the same process (see benchmarks.dfcases.restore).
+    Case("restore", "restore: dfarchive vs gpg | gpg | tar -x", "dfarchive",
+         "benchmarks.dfcases:restore", primary="dfarchive", quick_small=True, needs=GPG),
 )  # fmt: skip
 
 

@@ -10,22 +10,24 @@ sweeps always run on the run ten times smaller.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, markdown, report, scanbench
+from benchmarks import machine, markdown, report, requirements, scanbench
 from benchmarks.cases import Case, select
 from benchmarks.context import CaseContext
-from benchmarks.couchserver import couch_server
-from benchmarks.gnupg import throwaway_gnupg_home
+from benchmarks.couchserver import ServerError, couch_server
+from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
 from benchmarks.make_run import DEFAULT_ROOT, build_run, parse_size
 from benchmarks.measure import run_case
 from dfarchive.pipeline import ArchiveSettings
@@ -102,6 +104,59 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+SCAN = "scan"
+CHART = "chart"
+#: What the parts that are not cases need (see :mod:`benchmarks.requirements`).
+SCAN_NEEDS, CHART_NEEDS = ("couchdb",), ("matplotlib",)
+
+
+def _skip_unmet(args: argparse.Namespace) -> dict[str, str]:
+    """Leave out of ``args`` the cases, scan and chart whose needs are missing, saying
+    for each, in one line, how to enable it. Returns ``{name: how to enable}``."""
+    skipped = {}
+    for case in args.selected:
+        if (reason := requirements.unmet(case.needs)) is not None:
+            skipped[case.name] = reason
+    if not args.skip_scan and (reason := requirements.unmet(SCAN_NEEDS)) is not None:
+        skipped[SCAN] = reason
+        args.skip_scan = True
+    if args.chart and (reason := requirements.unmet(CHART_NEEDS)) is not None:
+        skipped[CHART] = reason
+        args.chart = False
+    args.selected = [case for case in args.selected if case.name not in skipped]
+    for name, reason in skipped.items():
+        _progress(f"skipping {name}: {reason}")
+    return skipped
+
+
+@contextlib.contextmanager
+def _gnupg_if_needed(cases: list[Case]) -> Iterator[GnupgHome | None]:
+    """A throwaway keyring if any of ``cases`` needs gpg."""
+    if not any("gpg" in case.needs for case in cases):
+        yield None
+        return
+    with throwaway_gnupg_home() as gnupg:
+        yield gnupg
+
+
+def _run_scan(args: argparse.Namespace, data_dir: Path, work_dir: Path) -> dict[str, Any] | None:
+    """The scan benchmark; None (with a line saying why) if its server fails to start."""
+    tree = scanbench.build_tree(data_dir, args.scan_runs, args.scan_new)
+    try:
+        with couch_server() as endpoint:
+            return scanbench.run_scan_benchmark(
+                tree,
+                work_dir,
+                endpoint,
+                rounds=args.rounds,
+                original_rounds=ORIGINAL_SCAN_ROUNDS,
+                progress=_progress,
+            )
+    except ServerError as error:
+        _progress(f"skipping {SCAN}: {error}")
+        return None
+
+
 def _run_rounds(
     cases: list[Case], ctx: CaseContext, env: dict[str, str], rounds: int
 ) -> tuple[dict[str, list[dict[str, Any]]], list[list[float]]]:
@@ -111,7 +166,10 @@ def _run_rounds(
         for case in cases:
             if case.max_rounds is not None and i >= case.max_rounds:
                 continue
-            measured = {**run_case(case, ctx, env), "arguments": case.arguments(ctx.quick)}
+            measured = {
+                **run_case(case, replace(ctx, round=i), env),
+                "arguments": case.arguments(ctx.quick),
+            }
             results[case.name].append(measured)
             _progress(
                 f"round {i + 1}/{rounds} {case.label}: {measured['mb_s']:.0f} MB/s, "
@@ -126,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     mode = "quick" if args.quick else "full"
     started = time.time()
+    skipped = _skip_unmet(args)
     data_dir: Path = args.data.resolve()
-    _check_space(data_dir, args.size, max(case.runs for case in args.selected))
+    _check_space(data_dir, args.size, max((case.runs for case in args.selected), default=1))
     repo = Path(__file__).resolve().parent.parent
     code_at_start = machine.code_version(repo)
     load_before = machine.load_average()
@@ -141,31 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     work_dir.mkdir()
     default = ArchiveSettings(destination_path=work_dir, keys_path=work_dir)
     try:
-        with throwaway_gnupg_home() as gnupg:
+        with _gnupg_if_needed(args.selected) as gnupg:
             ctx = CaseContext(
                 run_path=run.path,
                 tar_bytes=tar_bytes,
                 small_run_path=small.path,
                 small_tar_bytes=small_tar_bytes,
                 work_dir=str(work_dir),
-                gnupg_home=gnupg.home,
-                fingerprint=gnupg.fingerprint,
+                gnupg_home=gnupg.home if gnupg else "",
+                fingerprint=gnupg.fingerprint if gnupg else "",
                 quick=args.quick,
             )
-            env = {**os.environ, "GNUPGHOME": gnupg.home}
+            env = {**os.environ, **({"GNUPGHOME": gnupg.home} if gnupg else {})}
             rounds, loads = _run_rounds(args.selected, ctx, env, args.rounds)
-        scan = None
-        if not args.skip_scan:
-            tree = scanbench.build_tree(data_dir, args.scan_runs, args.scan_new)
-            with couch_server() as endpoint:
-                scan = scanbench.run_scan_benchmark(
-                    tree,
-                    work_dir,
-                    endpoint,
-                    rounds=args.rounds,
-                    original_rounds=ORIGINAL_SCAN_ROUNDS,
-                    progress=_progress,
-                )
+        scan = None if args.skip_scan else _run_scan(args, data_dir, work_dir)
+        if not args.skip_scan and scan is None:
+            skipped[SCAN] = "its CouchDB-compatible server did not start (see above)"
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     cases = {case.name: report.summarize(case, rounds[case.name]) for case in args.selected}
@@ -190,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "small_run": {**asdict(small), "tar_bytes": small_tar_bytes},
         },
         "cases": cases,
+        "skipped": skipped,
         "ratios": ratios,
         "scan": scan,
         "targets": report.evaluate_targets(cases, ratios, scan),

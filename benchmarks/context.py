@@ -18,6 +18,8 @@ class CaseContext:
             every case removes what it wrote.
         gnupg_home, fingerprint: the throwaway keyring and its recipient key.
         quick: a ``--quick`` smoke run (see :meth:`benchmarks.cases.Case.arguments`).
+        round: the round being run, from 0 (a case measuring two things alternates
+            their order with it).
     """
 
     run_path: str
@@ -28,6 +30,7 @@ class CaseContext:
     gnupg_home: str
     fingerprint: str
     quick: bool = False
+    round: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

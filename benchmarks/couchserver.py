@@ -87,6 +87,20 @@ def _wait_ready(endpoint: CouchEndpoint, deadline: float) -> None:
     raise ServerError(f"CouchDB at {endpoint.url} did not answer: {last}")
 
 
+def server_missing() -> str | None:
+    """How to make a server available, or None if :func:`couch_server` can start one
+    (or ``DFARCHIVE_TEST_COUCHDB_URL`` names one)."""
+    if os.environ.get(URL_VARIABLE):
+        return None
+    if shutil.which("node") and (SERVER_DIR / "node_modules" / "express-pouchdb").is_dir():
+        return None
+    return (
+        "needs the CouchDB-compatible test server: install Node.js and run "
+        f"`npm ci --prefix tests/couchdb`, or set {URL_VARIABLE}="
+        "http://admin:PASSWORD@127.0.0.1:5984"
+    )
+
+
 @contextlib.contextmanager
 def couch_server() -> Iterator[CouchEndpoint]:
     """A running CouchDB-compatible server for the duration of the block."""
@@ -103,13 +117,11 @@ def couch_server() -> Iterator[CouchEndpoint]:
         _wait_ready(endpoint, time.monotonic() + START_SECONDS)
         yield endpoint
         return
+    missing = server_missing()
+    if missing is not None:
+        raise ServerError(f"the scan benchmark {missing}")
     node = shutil.which("node")
-    if node is None or not (SERVER_DIR / "node_modules" / "express-pouchdb").is_dir():
-        raise ServerError(
-            "the scan benchmark needs the CouchDB-compatible test server: install Node.js "
-            "and run `npm ci --prefix tests/couchdb`, or set "
-            f"{URL_VARIABLE}=http://admin:PASSWORD@127.0.0.1:5984"
-        )
+    assert node is not None
     password = secrets.token_urlsafe(12)
     process = subprocess.Popen(
         [node, str(SERVER_DIR / "server.js"), "--port", "0"],

@@ -11,6 +11,8 @@
   the way: a lower bound on the relay's cost, not a working engine).
 * :func:`inprocess_chunk` — the ``inprocess`` engine with another ``CHUNK_SIZE`` (read
   size and OpenPGP partial-body size).
+* :func:`restore` — restoring one archive with the stock tools' pipeline and with
+  dfarchive's ``restore``, one after the other.
 
 The two sweeps set one module attribute of the package in the case's own process;
 they fail loudly if the package no longer has it.
@@ -38,8 +40,9 @@ from dfarchive.directio import open_direct
 from dfarchive.engines import get_engine
 from dfarchive.engines.base import EncryptResult
 from dfarchive.gpgcli import symmetric_encrypt_command
-from dfarchive.keys import new_run_key, resolve_recipient
+from dfarchive.keys import new_run_key, resolve_recipient, unwrap_key, wrap_key
 from dfarchive.pipeline import ArchiveSettings, archive_run
+from dfarchive.restore import restore_archive
 from dfarchive.tarstream import tar_command
 from dfarchive.validate import validate_archive
 
@@ -230,3 +233,85 @@ def splice_relay(ctx: CaseContext, *, data: str = "run") -> Outcome:
     if not moved:
         raise RuntimeError("the splice relay did not finish")
     return Outcome(bytes=moved[0], phases=phases.record, extra={"chunk": SPLICE_CHUNK})
+
+
+def _settle(path: Path) -> None:
+    """Before a restore: write back what the machine holds dirty (so the other side's
+    files are not written back during this one), and make the next reader of ``path``
+    read it from the device (an archive being restored is cold)."""
+    os.sync()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _stock_restore(archive: Path, key: Path, into: Path, gnupg_home: str) -> None:
+    """The README's stock pipeline: ``gpg -d KEY | gpg --passphrase-fd 0 -d ARCHIVE |
+    tar -x -C INTO``."""
+    env = {**os.environ, "GNUPGHOME": gnupg_home}
+    unwrap = subprocess.Popen(
+        ["gpg", "--batch", "--quiet", "-d", str(key)], stdout=subprocess.PIPE, env=env
+    )
+    decrypt = subprocess.Popen(
+        ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase-fd", "0",
+         "-d", str(archive)],
+        stdin=unwrap.stdout, stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert unwrap.stdout is not None and decrypt.stdout is not None
+    unwrap.stdout.close()
+    tar = subprocess.Popen(["tar", "-x", "-C", str(into)], stdin=decrypt.stdout)
+    decrypt.stdout.close()
+    for proc, what in ((tar, "tar -x"), (decrypt, "gpg -d ARCHIVE"), (unwrap, "gpg -d KEY")):
+        if proc.wait(TOOL_TIMEOUT) != 0:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+
+
+def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
+    """Restoring one archive (made untimed by the default engine, key wrapped with gpg,
+    as ``archive_run`` leaves them), timed twice, each time from a cold archive and with
+    nothing left to write back, in turn first (even rounds: stock first): ``stock``, the
+    README's ``gpg -d KEY | gpg -d ARCHIVE | tar -x``; ``dfarchive``, what ``dfarchive
+    restore`` does (unwrap the key, then :func:`dfarchive.restore.restore_archive` with
+    the recorded size and SHA-256: MDC, SHA-256 and safe extraction checked)."""
+    run_path, _ = ctx.run(data)
+    work = Path(ctx.work_dir) / "restore"
+    work.mkdir(mode=0o700)
+    archive, key = work / f"{run_path.name}.tar.gpg", work / f"{run_path.name}.key.gpg"
+    phases = Phases()
+    try:
+        passphrase = new_run_key()
+        result = _encrypt_to(archive, ArchiveSettings.engine, run_path, passphrase)
+        recipient = resolve_recipient(ctx.fingerprint, gnupg_home=ctx.gnupg_home)
+        key.write_bytes(wrap_key(passphrase, recipient, gnupg_home=ctx.gnupg_home))
+
+        def stock() -> None:
+            (work / "stock").mkdir()
+            _stock_restore(archive, key, work / "stock", ctx.gnupg_home)
+
+        def ours() -> None:
+            restored = restore_archive(
+                archive,
+                unwrap_key(key, gnupg_home=ctx.gnupg_home),
+                work / "dfarchive",
+                run_id=run_path.name,
+                plaintext_size=result.plaintext_size,
+                plaintext_sha256=result.plaintext_sha256,
+            )
+            if restored.members != result.members:
+                raise RuntimeError(f"restored {restored.members} members of {result.members}")
+
+        sides = [("stock", stock), ("dfarchive", ours)]
+        for name, side in sides if ctx.round % 2 == 0 else sides[::-1]:
+            _settle(archive)
+            with phases(name):
+                side()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Outcome(
+        bytes=result.plaintext_size,
+        phases=phases.record,
+        extra={"archive_bytes": result.archive_size, "members": result.members},
+    )

@@ -114,9 +114,13 @@ def load_average() -> list[float]:
 
 def describe(data_dir: Path) -> dict[str, Any]:
     """Cores, memory, CPU, kernel and tool versions; the filesystem of ``data_dir``."""
-    gpg_lines = subprocess.run(
-        ["gpg", "--version"], capture_output=True, text=True, timeout=30, check=False
-    ).stdout.splitlines()
+    gpg_lines = (
+        subprocess.run(
+            ["gpg", "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.splitlines()
+        if shutil.which("gpg")
+        else []
+    )
     return {
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),

@@ -139,6 +139,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         _machine(report),
         ["", "#### Throughput", ""],
         _cases(report),
+        [f"\nSkipped {name}: {reason}" for name, reason in report.get("skipped", {}).items()],
         ["", "#### Ratios", ""],
         _ratios(report),
     ]

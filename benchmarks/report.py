@@ -20,7 +20,8 @@ BRIEF_PHASE_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class Ratio:
-    """``numerator / denominator`` of MB/s, each a case name or a function of a round."""
+    """``numerator / denominator`` of MB/s, each a case name (its primary phase) or
+    ``"case/phase"`` (one phase of a case)."""
 
     name: str
     label: str
@@ -93,11 +94,15 @@ def ratios(default_engine: str) -> list[Ratio]:
               "dfarchive_2", "dfarchive_1"),
         Ratio("shell_none_vs_original", "tar | gpg (no compression) / original (archive only)",
               "shell_none", "original_1"),
+        Ratio("restore_vs_stock", "dfarchive restore / gpg -d KEY | gpg -d ARCHIVE | tar -x",
+              "restore/dfarchive", "restore/stock"),
     ]  # fmt: skip
 
 
 def _mb_s(rounds: Rounds, name: str, i: int) -> float:
-    return float(rounds[name][i]["mb_s"])
+    case, _, phase = name.partition("/")
+    measured = rounds[case][i]
+    return float(measured["phases"][phase]["mb_s"] if phase else measured["mb_s"])
 
 
 def compute_ratios(rounds: Rounds, default_engine: str) -> dict[str, dict[str, Any]]:
@@ -107,9 +112,10 @@ def compute_ratios(rounds: Rounds, default_engine: str) -> dict[str, dict[str, A
         denominators = (
             ratio.denominator if isinstance(ratio.denominator, tuple) else (ratio.denominator,)
         )
-        if any(name not in rounds for name in (ratio.numerator, *denominators)):
+        cases = [name.partition("/")[0] for name in (ratio.numerator, *denominators)]
+        if any(name not in rounds for name in cases):
             continue
-        count = min(len(rounds[name]) for name in (ratio.numerator, *denominators))
+        count = min(len(rounds[name]) for name in cases)
         values = [
             _mb_s(rounds, ratio.numerator, i) / min(_mb_s(rounds, d, i) for d in denominators)
             for i in range(count)
@@ -136,6 +142,7 @@ TARGETS = (
     Target("scan_couchdb_seconds", "scan+register pass, CouchDB: seconds", "<", 3.0, "s"),
     Target("enqueue_couchdb_requests", "pass with a broker, CouchDB: store requests", "<=", 10, ""),
     Target("enqueue_couchdb_seconds", "pass with a broker, CouchDB: seconds", "<", 5.0, "s"),
+    Target("restore_vs_stock", "restore vs the stock gpg | gpg | tar -x (issue 16)", ">=", 1.0),
 )
 
 
@@ -226,6 +233,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                 f"{'  - ' + name.replace('_', ' '):<46} {speed} {'':>2} "
                 f"{phase['cpu_s_per_gib']['median']:>9.2f}"
             )
+    for name, reason in report.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {reason}")
     if report["ratios"]:
         lines += ["", "Ratios (per round, median)"]
         for ratio in report["ratios"].values():

@@ -2,7 +2,9 @@
 
 Correctness only: it completes, and its JSON holds every case, ratio, scan pass and
 target with sane positive numbers. No thresholds: speed on a shared CI machine proves
-nothing (the full run in ``benchmarks/README.md`` is where the numbers are).
+nothing (the full run in ``benchmarks/README.md`` is where the numbers are). And a case
+whose needs are missing (the CouchDB test server, gpg, matplotlib) is skipped with one
+line saying how to enable it, the others still run and their results are written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks import cli, couchserver, requirements
 from benchmarks.cases import CASES
 from benchmarks.report import TARGETS
 
@@ -93,3 +96,59 @@ def test_machine_and_data_are_described(quick_report: dict[str, Any]) -> None:
     run = quick_report["data"]["run"]
     assert run["files"] > 1000 and run["big_files"] == 40 and run["symlinks"] >= 1
     assert run["tar_bytes"] > run["bytes"]
+
+
+def _skip_lines(stderr: str) -> dict[str, str]:
+    lines = [line.split("] ", 1)[-1] for line in stderr.splitlines() if "skipping " in line]
+    return dict(line.removeprefix("skipping ").split(": ", 1) for line in lines)
+
+
+@pytest.mark.slow
+def test_cases_that_cannot_run_are_skipped_with_how_to_enable_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No CouchDB test server installed, no matplotlib, and gpg reported missing: the
+    scan, the chart and the gpg cases are skipped before anything runs, one line each;
+    the case that needs none of them runs and the results are written."""
+    monkeypatch.setattr(couchserver, "SERVER_DIR", tmp_path / "no-npm-ci-here")
+    monkeypatch.delenv(couchserver.URL_VARIABLE, raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    no_gpg = requirements.Requirement("gpg", lambda: "needs GnuPG: install it")
+    monkeypatch.setitem(requirements.REQUIREMENTS, "gpg", no_gpg)
+    out = tmp_path / "results"
+    code = cli.main(
+        ["--quick", "--chart", "--size", "16MiB", "--cases", "ceiling_cipher,original_1,restore",
+         "--data", str(tmp_path / "data"), "--out", str(out)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    skips = _skip_lines(captured.err)
+    assert set(skips) == {"original_1", "restore", "scan", "chart"}
+    assert "run `npm ci --prefix tests/couchdb`" in skips["scan"]
+    assert couchserver.URL_VARIABLE in skips["scan"]
+    assert skips["chart"] == "needs matplotlib: `pip install -e '.[bench]'`"
+    assert skips["restore"] == skips["original_1"] == "needs GnuPG: install it"
+    first_case = captured.err.index("round 1/1")
+    assert all(captured.err.index(f"skipping {name}:") < first_case for name in skips)
+    report = json.loads((out / "quick.json").read_text())
+    assert list(report["cases"]) == ["ceiling_cipher"]
+    assert _positive(report["cases"]["ceiling_cipher"]["mb_s"]["median"])
+    assert report["skipped"] == skips
+    assert report["scan"] is None
+    assert (out / "quick.md").is_file() and not (out / "throughput.png").exists()
+    assert "skipped scan: needs the CouchDB-compatible test server" in captured.out
+
+
+@pytest.mark.slow
+def test_restore_is_measured_against_the_stock_pipeline(quick_report: dict[str, Any]) -> None:
+    restore = quick_report["cases"]["restore"]
+    assert set(restore["phases"]) == {"stock", "dfarchive"}
+    assert restore["primary_phase"] == "dfarchive"
+    assert restore["params"] == {"data": "small"}  # --quick: cheap
+    assert restore["extra"]["members"] > quick_report["data"]["small_run"]["files"]
+    ratio = quick_report["ratios"]["restore_vs_stock"]
+    assert ratio["numerator"] == "restore/dfarchive"
+    assert ratio["denominator"] == ["restore/stock"]
+    stock = restore["phases"]["stock"]["mb_s"]["median"]
+    ours = restore["phases"]["dfarchive"]["mb_s"]["median"]
+    assert ratio["median"] == pytest.approx(ours / stock)

@@ -39,6 +39,7 @@ from dfarchive.restore import (
     RestoreError,
     RestoreIntegrityError,
     SafeExtractor,
+    TarExtraction,
     UnsafeMember,
     extract_stream,
     member_parts,
@@ -833,3 +834,93 @@ def test_safe_extractor_without_crypto(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o555
     (tmp_path / "run").chmod(0o755)
     shutil.rmtree(tmp_path / "run")
+
+
+def test_a_sparse_member_is_refused(
+    craft, tmp_path: Path, capsys, monkeypatch, archived: ArchivedRun, no_config: None
+) -> None:
+    """Sparse members hold their map in the data, which restore never hands to tarfile;
+    dfarchive's tar never writes them (no --sparse): refused, nothing left behind."""
+    crafted = craft(
+        tar_of(
+            entry("run", tarfile.DIRTYPE, mode=0o755), entry("run/holes", tarfile.GNUTYPE_SPARSE)
+        )
+    )
+    monkeypatch.setenv("GNUPGHOME", archived.home.home)
+    into = tmp_path / "into"
+    code, out, err = run_cli(
+        capsys,
+        "restore", "run", "--to", str(into),
+        "--archive", str(crafted.archive), "--key", str(crafted.key),
+    )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        "dfarchive: restore failed, nothing restored: refusing archive member "
+        "'run/holes': sparse files are not restored\n"
+    )
+    assert listing(into) == []
+
+
+def stream_of_every_header_kind(tar_format: int) -> bytes:
+    """A run folder whose tar holds long names and link targets (GNU 'L'/'K' headers or
+    pax records), a hard link, a symlink, an empty file and files of odd sizes."""
+    long_dir = "run/" + "d" * 120
+    members = [
+        entry("run", tarfile.DIRTYPE, mode=0o755),
+        entry(long_dir, tarfile.DIRTYPE, mode=0o750),
+        entry(f"{long_dir}/{'f' * 150}.bin", data=bytes(range(256)) * 7 + b"tail"),
+        entry("run/empty"),
+        entry("run/odd", data=b"x" * 1023, mode=0o600),
+        entry("run/hard", tarfile.LNKTYPE, link="run/odd"),
+        entry("run/long_link", tarfile.SYMTYPE, link="../" + "t" * 140),
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("chunk", [1, 7, 512, 1000])
+def test_extraction_takes_the_stream_cut_anywhere(
+    tmp_path: Path, tar_format: int, chunk: int
+) -> None:
+    """Restore extracts pieces as they are decrypted: headers, long names, pax records
+    and member data split across pieces at any byte give the same tree as one piece."""
+    plaintext = stream_of_every_header_kind(tar_format)
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    for root in (whole, pieces):
+        root.mkdir()
+    assert extract_stream(io.BytesIO(plaintext), SafeExtractor(whole, run_id="run")) == 7
+    extraction = TarExtraction(SafeExtractor(pieces, run_id="run"))
+    view = memoryview(plaintext)
+    for start in range(0, len(view), chunk):
+        extraction.feed(view[start : start + chunk])
+    extraction.finish()
+    extraction.close()
+    assert extraction.members == 7
+    assert tree(pieces / "run") == tree(whole / "run")
+    long_file = pieces / "run" / ("d" * 120) / ("f" * 150 + ".bin")
+    assert long_file.read_bytes() == bytes(range(256)) * 7 + b"tail"
+    assert os.readlink(pieces / "run" / "long_link") == "../" + "t" * 140
+    assert os.stat(pieces / "run" / "hard").st_ino == os.stat(pieces / "run" / "odd").st_ino
+
+
+@pytest.mark.parametrize("where", ["in a long name", "in member data", "in padding"])
+def test_a_stream_ending_inside_a_member_is_unreadable(tmp_path: Path, where: str) -> None:
+    """As tarfile reads it: a stream cut inside a member is an error; one cut between
+    members just ends (restore then finds the end-of-archive marker missing)."""
+    plaintext = stream_of_every_header_kind(tarfile.GNU_FORMAT)
+    cut = {
+        "in a long name": 512 + 512 + 10,  # the run folder, then the 'L' header's data
+        "in member data": plaintext.index(b"tail"),
+        "in padding": plaintext.index(b"tail") + 10,
+    }[where]
+    with pytest.raises(RestoreError, match=r"cannot read the tar stream after \d+ members"):
+        extract_stream(io.BytesIO(plaintext[:cut]), SafeExtractor(tmp_path, run_id="run"))
+
+
+def test_a_stream_ending_between_members_just_ends(tmp_path: Path) -> None:
+    plaintext = stream_of_every_header_kind(tarfile.GNU_FORMAT)
+    assert extract_stream(io.BytesIO(plaintext[:512]), SafeExtractor(tmp_path, run_id="run")) == 1
