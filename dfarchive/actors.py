@@ -33,7 +33,7 @@ import logging
 import os
 
 import dramatiq
-from dramatiq.middleware import Middleware, Shutdown
+from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
 
 from .attempt import AttemptObserver, RecipientGate, attempt_run
 from .audit import AuditSettings, Yielded, audit_and_record
@@ -85,6 +85,10 @@ _audits: AuditSettings | None = None
 _fixity_metrics: FixityMetrics | None = None
 
 
+class WorkerCannotStart(MiddlewareError):
+    """A start-up check failed in a worker process; the message says which."""
+
+
 class WorkerStartupChecks(Middleware):
     """Run the start-up checks once per worker process, before it takes messages."""
 
@@ -97,7 +101,10 @@ class WorkerStartupChecks(Middleware):
             _runtime = prepare(_config)
         except DfArchiveError as error:
             log.critical("worker cannot start: %s", error)
-            raise
+            # Dramatiq logs and ignores other exceptions from this hook: the process
+            # would then take messages it cannot handle. A MiddlewareError stops it, and
+            # with it the whole dramatiq command (its messages go back to the queue).
+            raise WorkerCannotStart(str(error)) from None
         if _config.metrics_port is not None:  # made after process boot: multiprocess mode
             _observers.append(ArchiveMetrics())
             _fixity_metrics = FixityMetrics()

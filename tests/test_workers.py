@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -308,3 +309,35 @@ def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
             return
         time.sleep(0.1)  # polling the log file with a deadline
     raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text()[-3000:]}")
+
+
+def test_a_worker_that_fails_its_start_up_checks_stops_and_takes_no_message(
+    deployment, amqp_url
+):
+    """Dramatiq ignores most errors from a worker's boot hook: the worker used to take
+    messages anyway and drop each one ("worker booted without its checks")."""
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the store is unreachable
+    d = deployment(statusdb={"url": f"http://127.0.0.1:{port}", "database": "runs"})
+    broker = RabbitmqBroker(url=amqp_url)
+    try:
+        broker.declare_queue(d.queue)
+        broker.enqueue(dramatiq.Message(d.queue, "archive_run", ("run_x",), {}, {}))
+    finally:
+        broker.close()
+    worker = d.worker("h1")
+    deadline = time.monotonic() + 120
+    while worker.poll() is None:
+        assert time.monotonic() < deadline, "the worker kept running: " + d.logs()
+        time.sleep(0.2)  # polling the process with a deadline
+    log = (d.tmp / "worker-h1.log").read_text()
+    assert worker.returncode != 0, log
+    assert "worker cannot start" in log and f"127.0.0.1:{port}" in log
+    assert "booted without its checks" not in log
+    assert message_count(amqp_url, d.queue) == 1  # still there for a healthy worker
+    assert message_count(amqp_url, d.queue + ".XQ") == 0
