@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import GROUPS
-from benchmarks.report import BRIEF_PHASE_SECONDS, format_value
+from benchmarks.report import BRIEF_PHASE_SECONDS, cores_busy, format_value
 
 
 def _gb(n: float) -> str:
@@ -55,8 +55,9 @@ def _machine(report: Mapping[str, Any]) -> list[str]:
 
 def _cases(report: Mapping[str, Any]) -> list[str]:
     lines = [
-        "| configuration | MB/s (median) | min-max | rounds | CPU s/GiB | peak RSS MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | MB/s (median) | min-max | rounds | CPU s/GiB | cores busy | "
+        "peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     order = list(GROUPS)
     for case in sorted(report["cases"].values(), key=lambda c: order.index(c["group"])):
@@ -64,7 +65,8 @@ def _cases(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"| {_cell(case['label'])} | **{mb['median']:.0f}** | "
             f"{mb['min']:.0f}-{mb['max']:.0f} | {len(case['rounds'])} | "
-            f"{case['cpu_s_per_gib']['median']:.2f} | {case['peak_rss_mib']['max']:.0f} |"
+            f"{case['cpu_s_per_gib']['median']:.2f} | {cores_busy(case):.2f} | "
+            f"{case['peak_rss_mib']['max']:.0f} |"
         )
         for name, phase in case["phases"].items():
             if name in (case["primary_phase"], "all"):
@@ -77,7 +79,7 @@ def _cases(report: Mapping[str, Any]) -> list[str]:
             )
             lines.append(
                 f"| &nbsp;&nbsp;↳ {name.replace('_', ' ')} | {speed} | | "
-                f"{phase['cpu_s_per_gib']['median']:.2f} | |"
+                f"{phase['cpu_s_per_gib']['median']:.2f} | | |"
             )
     return lines
 
@@ -123,7 +125,7 @@ def _scan(report: Mapping[str, Any]) -> list[str]:
 
 
 def _targets(report: Mapping[str, Any]) -> list[str]:
-    lines = ["| target (issue 6) | measured | goal | met? |", "| --- | ---: | ---: | :---: |"]
+    lines = ["| target | measured | goal | met? |", "| --- | ---: | ---: | :---: |"]
     for t in report["targets"]:
         unit = t["unit"]
         lines.append(
