@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 LEASE = 6.0
+SCHEDULER_TEST_LEASE = 10.0
 WORKERS = ("h1", "h2", "h3")
 #: Plenty for a few 8 MiB runs at 1 s of tar per MiB, on a loaded machine.
 SETTLE_SECONDS = 120.0
@@ -213,7 +214,10 @@ def test_a_hanging_link_to_rabbitmq_only_costs_no_attempt(cluster):
 
 
 def test_the_scheduler_host_partitioned_while_workers_run(cluster):
-    c = cluster(lease_seconds=LEASE)
+    # A longer lease here: with the scheduler cut off, nobody could reclaim a run whose
+    # holder fenced itself after a slow heartbeat (a 1 s request bound, on a loaded
+    # 2-core machine), so the test would wait for the healing instead.
+    c = cluster(lease_seconds=SCHEDULER_TEST_LEASE)
     runs = {f"run_{n}": 8 << 20 for n in range(3)}
     start(c, runs, "h1")
 
@@ -226,7 +230,7 @@ def test_the_scheduler_host_partitioned_while_workers_run(cluster):
         "the runs in the queue archived without the scheduler",
         SETTLE_SECONDS,
     )
-    outage(fault_at, 2 * LEASE)
+    outage(fault_at, 2 * SCHEDULER_TEST_LEASE)
     assert "run_late" not in c.docs()
     c.network.heal("sched")
 
