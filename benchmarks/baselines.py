@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from benchmarks.context import CaseContext
 from benchmarks.outcome import Outcome, Phases
-from dfarchive.directio import DIRECT_ALIGNMENT
+from dfarchive.plumbing.directio import DIRECT_ALIGNMENT
 
 ORIGINAL_RELAY_CHUNK = 8192
 CEILING_CHUNK = 4 << 20

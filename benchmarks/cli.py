@@ -30,8 +30,8 @@ from benchmarks.couchserver import ServerError, couch_server
 from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
 from benchmarks.make_run import DEFAULT_ROOT, build_run, parse_size
 from benchmarks.measure import run_case
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.tarstream import tar_command
+from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.archiving.tarstream import tar_command
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FULL = {"size": "3GiB", "rounds": 3, "scan_runs": 10_000, "scan_new": 1_000}

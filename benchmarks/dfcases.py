@@ -34,17 +34,17 @@ from typing import Any
 
 from benchmarks.context import CaseContext
 from benchmarks.outcome import Outcome, Phases
-from dfarchive import childproc
-from dfarchive.childproc import secret_pipe
-from dfarchive.directio import open_direct
-from dfarchive.engines import get_engine
-from dfarchive.engines.base import EncryptResult
-from dfarchive.gpgcli import symmetric_encrypt_command
-from dfarchive.keys import new_run_key, resolve_recipient, unwrap_key, wrap_key
-from dfarchive.pipeline import ArchiveSettings, archive_run
-from dfarchive.restore import restore_archive
-from dfarchive.tarstream import tar_command
-from dfarchive.validate import validate_archive
+from dfarchive.archiving.engines import get_engine
+from dfarchive.archiving.engines.base import EncryptResult
+from dfarchive.archiving.gpgcli import symmetric_encrypt_command
+from dfarchive.archiving.keys import new_run_key, resolve_recipient, unwrap_key, wrap_key
+from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
+from dfarchive.archiving.tarstream import tar_command
+from dfarchive.archiving.validate import validate_archive
+from dfarchive.ops.restore import restore_archive
+from dfarchive.plumbing import childproc
+from dfarchive.plumbing.childproc import secret_pipe
+from dfarchive.plumbing.directio import open_direct
 
 SPLICE_CHUNK = 1 << 20
 TOOL_TIMEOUT = 3600
@@ -162,7 +162,7 @@ def _encrypt_only(ctx: CaseContext, engine: str, data: str, **extra: Any) -> Out
 
 def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
     """The ``gpg`` engine (archive step alone) relaying ``chunk`` bytes at a time."""
-    from dfarchive.engines import gpg as gpg_engine
+    from dfarchive.archiving.engines import gpg as gpg_engine
 
     _patched(gpg_engine, "pump", functools.partial(childproc.pump, chunk_size=chunk))
     return _encrypt_only(ctx, "gpg", data, chunk=chunk, pipe_size=childproc.PIPE_SIZE)
@@ -170,7 +170,7 @@ def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outc
 
 def inprocess_chunk(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
     """The ``inprocess`` engine (archive step alone) with ``CHUNK_SIZE = chunk``."""
-    from dfarchive.engines import inprocess
+    from dfarchive.archiving.engines import inprocess
 
     _patched(inprocess, "CHUNK_SIZE", chunk)
     return _encrypt_only(ctx, "inprocess", data, chunk=chunk)
@@ -274,7 +274,7 @@ def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
     as ``archive_run`` leaves them), timed twice, each time from a cold archive and with
     nothing left to write back, in turn first (even rounds: stock first): ``stock``, the
     README's ``gpg -d KEY | gpg -d ARCHIVE | tar -x``; ``dfarchive``, what ``dfarchive
-    restore`` does (unwrap the key, then :func:`dfarchive.restore.restore_archive` with
+    restore`` does (unwrap the key, then :func:`dfarchive.ops.restore.restore_archive` with
     the recorded size and SHA-256: MDC, SHA-256 and safe extraction checked)."""
     run_path, _ = ctx.run(data)
     work = Path(ctx.work_dir) / "restore"

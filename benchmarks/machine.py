@@ -93,8 +93,9 @@ def package_tunables() -> dict[str, Any]:
     """dfarchive's buffer and chunk sizes in force for this run (None: no longer there)."""
     import inspect
 
-    from dfarchive import childproc, validate
-    from dfarchive.engines import inprocess
+    from dfarchive.archiving import validate
+    from dfarchive.archiving.engines import inprocess
+    from dfarchive.plumbing import childproc
 
     pump = getattr(childproc, "pump", None)
     return {

@@ -5,7 +5,7 @@ folder (plus one folder per sequencer still transferring). Before the timed pass
 store already knows all runs but the new ones (registered untimed, and the views
 queried once, as earlier passes would have left them). Then:
 
-* dfarchive: :func:`dfarchive.scheduler.schedule_pass` (scan, register, reclaim
+* dfarchive: :func:`dfarchive.service.scheduler.schedule_pass` (scan, register, reclaim
   expired leases) on the SQLite store and on the CouchDB store, each time a fresh store
   object, as in a scheduler's first pass; a second pass with nothing new shows the cost
   of every later ``scan_interval`` (it still reads, once, the documents the first pass
@@ -42,12 +42,12 @@ from typing import Any
 import requests
 
 from benchmarks.couchserver import CouchEndpoint
-from dfarchive import runstate
-from dfarchive.config import Config
-from dfarchive.scheduler import schedule_pass
-from dfarchive.store.base import NewRun, RunStore
-from dfarchive.store.couchdb import LOOKUP_VIEWS, CouchStore
-from dfarchive.store.sqlite import SqliteStore
+from dfarchive.coordination import runstate
+from dfarchive.coordination.store.base import NewRun, RunStore
+from dfarchive.coordination.store.couchdb import LOOKUP_VIEWS, CouchStore
+from dfarchive.coordination.store.sqlite import SqliteStore
+from dfarchive.service.config import Config
+from dfarchive.service.scheduler import schedule_pass
 
 SENTINEL = ".metadata_rsync_exitcode"
 SEQUENCERS = 20

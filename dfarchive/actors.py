@@ -17,14 +17,14 @@ pending; the scheduler sends it again after its re-enqueue window, an hour by
 default, or on its next pass for a run an attempt released). The key is checked again
 at most every ``scan_interval``.
 
-Audit messages (``audit_run``, queue ``dfarchive.fixity``; see :mod:`dfarchive.fixity`)
+Audit messages (``audit_run``, queue ``dfarchive.fixity``; see :mod:`dfarchive.coordination.fixity`)
 are consumed by the same workers, after archive messages (a lower priority). An audit
 is not started while a run is pending and stops when one becomes pending: its message
 is sent again after YIELD_DELAY_MS and nothing is recorded. The process's audits read
 at most ``fixity_max_rate`` MB/s together.
 
 With ``metrics_port`` set, Dramatiq's Prometheus middleware and dfarchive's
-per-process metrics are served on that port (:mod:`dfarchive.worker_metrics`).
+per-process metrics are served on that port (:mod:`dfarchive.service.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ import os
 import dramatiq
 from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
 
-from .attempt import AttemptObserver, RecipientGate, attempt_run
-from .audit import AuditSettings, Yielded, audit_and_record
-from .config import config_path, load_config, plaintext_credentials
-from .coredumps import disable_core_dumps
-from .errors import DfArchiveError
-from .fixity import MB, OK, RateLimiter
-from .logs import setup_logging
-from .messaging import (
+from dfarchive.coordination.attempt import AttemptObserver, RecipientGate, attempt_run
+from dfarchive.coordination.fixity import MB, OK, RateLimiter
+from dfarchive.errors import DfArchiveError
+from dfarchive.ops.verify import recipient_key_lister
+from dfarchive.plumbing.coredumps import disable_core_dumps
+from dfarchive.plumbing.logs import setup_logging
+from dfarchive.service.audit import AuditSettings, Yielded, audit_and_record
+from dfarchive.service.config import config_path, load_config, plaintext_credentials
+from dfarchive.service.messaging import (
     ACTOR_NAME,
     FIXITY_ACTOR_NAME,
     FIXITY_PRIORITY,
@@ -52,9 +53,8 @@ from .messaging import (
     enqueue_fixity,
     make_broker,
 )
-from .metrics import ArchiveMetrics, FixityMetrics
-from .startup import Runtime, StartupError, prepare
-from .verify import recipient_key_lister
+from dfarchive.service.metrics import ArchiveMetrics, FixityMetrics
+from dfarchive.service.startup import Runtime, StartupError, prepare
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ broker = make_broker(_url)
 dramatiq.set_broker(broker)
 
 if _config.metrics_port is not None:
-    from .worker_metrics import WorkerPrometheus
+    from dfarchive.service.worker_metrics import WorkerPrometheus
 
     broker.add_middleware(WorkerPrometheus())
 

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import pytest
 import requests
 
-from dfarchive.store.couchdb import CouchStore
+from dfarchive.coordination.store.couchdb import CouchStore
 
 SERVER_DIR = Path(__file__).resolve().parent / "couchdb"
 SERVER_JS = SERVER_DIR / "server.js"

@@ -240,8 +240,8 @@ def encrypt_to_file(
 ) -> Any:
     """Run engine ``engine`` into ``out`` the way the pipeline does (direct I/O unless
     ``direct`` is false); return its result."""
-    from dfarchive.directio import open_direct
-    from dfarchive.engines import get_engine
+    from dfarchive.archiving.engines import get_engine
+    from dfarchive.plumbing.directio import open_direct
 
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     fd = open_direct(out, flags, 0o640, direct=direct)

@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from dfarchive import runstate
-from dfarchive.adopt import (
+from dfarchive.archiving.keys import resolve_recipient
+from dfarchive.coordination import runstate
+from dfarchive.coordination.leftovers import legacy_key_leftovers, remove_legacy_key_leftover
+from dfarchive.coordination.store import NewRun, SqliteStore
+from dfarchive.errors import CryptoError, TransitionRefused
+from dfarchive.ops.adopt import (
     LEGACY_FORMAT,
     AdoptionError,
     check_key_file,
@@ -25,10 +29,6 @@ from dfarchive.adopt import (
     key_file_recipients,
     recipient_key_ids,
 )
-from dfarchive.errors import CryptoError, TransitionRefused
-from dfarchive.keys import resolve_recipient
-from dfarchive.leftovers import legacy_key_leftovers, remove_legacy_key_leftover
-from dfarchive.store import NewRun, SqliteStore
 from tests.gpg_fixtures import GnupgHome, build_run_folder
 from tests.legacy_tool import (
     NEWLINE_KEY,
@@ -178,7 +178,7 @@ def test_a_leftover_plaintext_key_is_removed_and_logged(
 ) -> None:
     leftover = tmp_path / "run_1.key"
     leftover.write_bytes(NEWLINE_KEY)
-    with caplog.at_level(logging.WARNING, logger="dfarchive.adopt"):
+    with caplog.at_level(logging.WARNING, logger="dfarchive.ops.adopt"):
         assert remove_legacy_key_leftover(tmp_path, "run_1") == leftover
     assert not leftover.exists()
     assert f"removed the plaintext run key {leftover} left by dataflow_archive" in caplog.text

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from dfarchive import attempt
-from dfarchive.attempt import Outcome, RecipientGate, attempt_run
+from dfarchive.archiving.keys import Recipient, resolve_recipient
+from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.coordination import attempt
+from dfarchive.coordination.attempt import AttemptOutcome, RecipientGate, attempt_run
+from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import Cancelled, RecipientError, StoreUnavailable, ToolError
-from dfarchive.keys import Recipient, resolve_recipient
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.store import NewRun, SqliteStore
 
 RECIPIENT = Recipient(fingerprint="F" * 40, uid="test", expires=None)
 RECORD = {"file": "/archives/run_1.tar.gpg", "size": 1}
@@ -90,7 +90,7 @@ def pipeline(monkeypatch: pytest.MonkeyPatch, body: Callable[..., dict]) -> list
     return paths
 
 
-def run(store: SqliteStore, settings: ArchiveSettings, seq: Path, **kwargs: Any) -> Outcome:
+def run(store: SqliteStore, settings: ArchiveSettings, seq: Path, **kwargs: Any) -> AttemptOutcome:
     return attempt_run(
         store,
         "run_1",
@@ -118,7 +118,7 @@ def test_encrypted(store, settings, seq, monkeypatch, recipient_ok):
         return RECORD
 
     paths = pipeline(monkeypatch, body)
-    assert run(store, settings, seq) is Outcome.ENCRYPTED
+    assert run(store, settings, seq) is AttemptOutcome.ENCRYPTED
     doc = store.get("run_1")
     assert (doc["status"], doc["archive"], doc["failure_count"]) == ("encrypted", RECORD, 0)
     assert paths == [seq / "seqA" / "run_1"] and recipient_ok == [RECIPIENT]
@@ -126,7 +126,7 @@ def test_encrypted(store, settings, seq, monkeypatch, recipient_ok):
 
 def test_failed_is_counted(store, settings, seq, monkeypatch, recipient_ok):
     pipeline(monkeypatch, raising(ToolError("tar exited 2")))
-    assert run(store, settings, seq) is Outcome.FAILED
+    assert run(store, settings, seq) is AttemptOutcome.FAILED
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 1)
     assert doc["last_error"] == "ToolError: tar exited 2"
@@ -134,7 +134,7 @@ def test_failed_is_counted(store, settings, seq, monkeypatch, recipient_ok):
 
 def test_released_when_cancelled_uncounted(store, settings, seq, monkeypatch, recipient_ok):
     pipeline(monkeypatch, raising(Cancelled("archiving was cancelled")))
-    assert run(store, settings, seq) is Outcome.RELEASED
+    assert run(store, settings, seq) is AttemptOutcome.RELEASED
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 0)
     assert doc["attempts"][-1]["outcome"] == "released"
@@ -142,7 +142,7 @@ def test_released_when_cancelled_uncounted(store, settings, seq, monkeypatch, re
 
 def test_deferred_when_the_disk_is_full(store, settings, seq, monkeypatch, recipient_ok):
     pipeline(monkeypatch, raising(OSError(errno.ENOSPC, "No space left on device")))
-    assert run(store, settings, seq) is Outcome.DEFERRED
+    assert run(store, settings, seq) is AttemptOutcome.DEFERRED
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 0)
     assert "No space left on device" in doc["last_error"]
@@ -156,7 +156,7 @@ def test_lost_when_an_operator_released_the_run(store, settings, seq, monkeypatc
         return RECORD
 
     pipeline(monkeypatch, body)
-    assert run(store, settings, seq) is Outcome.LOST
+    assert run(store, settings, seq) is AttemptOutcome.LOST
     doc = store.get("run_1")
     assert (doc["status"], doc["worker_id"]) == ("processing", "host-b")  # left alone
 
@@ -164,7 +164,7 @@ def test_lost_when_an_operator_released_the_run(store, settings, seq, monkeypatc
 def test_skipped_when_not_claimable_or_unknown(store, settings, seq, monkeypatch, recipient_ok):
     paths = pipeline(monkeypatch, raising(AssertionError("must not run")))
     store.claim("run_1", worker_id="host-b")
-    assert run(store, settings, seq) is Outcome.SKIPPED
+    assert run(store, settings, seq) is AttemptOutcome.SKIPPED
     assert (
         attempt_run(
             store,
@@ -174,7 +174,7 @@ def test_skipped_when_not_claimable_or_unknown(store, settings, seq, monkeypatch
             recipient=RECIPIENT,
             sequencing_path=seq,
         )
-        is Outcome.SKIPPED
+        is AttemptOutcome.SKIPPED
     )
     assert paths == [] and recipient_ok == []
 
@@ -188,7 +188,7 @@ def test_a_path_outside_sequencing_path_fails_at_once(
     paths = pipeline(monkeypatch, raising(AssertionError("must not run")))
     doc = store.get("run_1")
     store._replace({**doc, "path": str(tmp_path / "elsewhere" / "run_1")})
-    assert run(store, settings, seq) is Outcome.FAILED
+    assert run(store, settings, seq) is AttemptOutcome.FAILED
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("failed", 1)  # max_attempts is 3
     assert doc["last_error"] == (
@@ -204,7 +204,7 @@ def test_an_unsafe_run_id_fails_at_once(store, settings, seq, monkeypatch, recip
     outcome = attempt_run(
         store, "..", worker_id="host-a", settings=settings, recipient=RECIPIENT, sequencing_path=seq
     )
-    assert outcome is Outcome.FAILED
+    assert outcome is AttemptOutcome.FAILED
     doc = store.get("..")
     assert (doc["status"], doc["last_error"]) == (
         "failed",
@@ -217,7 +217,7 @@ def test_the_pipeline_gets_the_normalised_path(store, settings, seq, monkeypatch
     paths = pipeline(monkeypatch, lambda before_publish: RECORD)
     doc = store.get("run_1")
     store._replace({**doc, "path": f"{seq}/seqB/../seqA/run_1"})
-    assert run(store, settings, seq) is Outcome.ENCRYPTED
+    assert run(store, settings, seq) is AttemptOutcome.ENCRYPTED
     assert paths == [seq / "seqA" / "run_1"]  # never ".." for tar to resolve through a link
 
 
@@ -251,8 +251,8 @@ def test_an_unusable_recipient_releases_uncounted_and_closes_the_gate(
     monkeypatch.setattr(attempt, "check_recipient", check)
     gate = RecipientGate(RECIPIENT, gnupg_home=None, recheck_seconds=0)
     with caplog.at_level(logging.INFO, logger="dfarchive"):
-        assert run(store, settings, seq, gate=gate) is Outcome.NO_RECIPIENT
-        assert run(store, settings, seq, gate=gate) is Outcome.NO_RECIPIENT
+        assert run(store, settings, seq, gate=gate) is AttemptOutcome.NO_RECIPIENT
+        assert run(store, settings, seq, gate=gate) is AttemptOutcome.NO_RECIPIENT
         assert not gate.is_open()
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 0)
@@ -273,7 +273,7 @@ def test_a_recipient_refused_at_key_wrap_is_not_counted(
 ):
     pipeline(monkeypatch, raising(RecipientError("GPG recipient FFFF is not usable: expired")))
     gate = RecipientGate(RECIPIENT, gnupg_home=None, recheck_seconds=3600)
-    assert run(store, settings, seq, gate=gate) is Outcome.NO_RECIPIENT
+    assert run(store, settings, seq, gate=gate) is AttemptOutcome.NO_RECIPIENT
     doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 0)
     assert "expired" in doc["last_error"]
@@ -295,7 +295,7 @@ def test_confirm_waits_for_a_store_that_comes_back(tmp_path, seq, settings, monk
                                                   recipient_ok):  # fmt: skip
     confirming(monkeypatch)
     with make_store(tmp_path, seq, FlakyHeartbeats, failures=2, lease_seconds=30) as store:
-        assert run(store, settings, seq) is Outcome.ENCRYPTED
+        assert run(store, settings, seq) is AttemptOutcome.ENCRYPTED
         assert store.failed == 2
         doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("encrypted", 0)
@@ -305,7 +305,7 @@ def test_confirm_releases_uncounted_when_the_lease_runs_out(tmp_path, seq, setti
                                                             monkeypatch, recipient_ok):  # fmt: skip
     confirming(monkeypatch)
     with make_store(tmp_path, seq, FlakyHeartbeats, failures=None, lease_seconds=2) as store:
-        assert run(store, settings, seq) is Outcome.RELEASED
+        assert run(store, settings, seq) is AttemptOutcome.RELEASED
         doc = store.get("run_1")
     assert (doc["status"], doc["failure_count"]) == ("pending", 0)
     error = doc["attempts"][-1]["error"]
@@ -351,10 +351,10 @@ def test_real_pipeline_with_a_store_unreachable_before_publishing(
     archives = sorted(p.name for p in settings.destination_path.iterdir())
     keys = sorted(p.name for p in settings.keys_path.iterdir())
     if failures:
-        assert outcome is Outcome.ENCRYPTED, doc.get("last_error")
+        assert outcome is AttemptOutcome.ENCRYPTED, doc.get("last_error")
         assert (doc["status"], doc["failure_count"]) == ("encrypted", 0)
         assert (archives, keys) == (["run_1.tar.gpg"], ["run_1.key.gpg"])
     else:  # hours of work not counted against the run; nothing half-published
-        assert outcome in (Outcome.RELEASED, Outcome.LOST)
+        assert outcome in (AttemptOutcome.RELEASED, AttemptOutcome.LOST)
         assert (doc["failure_count"], archives, keys) == (0, [], [])
-        assert doc["status"] == "pending" if outcome is Outcome.RELEASED else "processing"
+        assert doc["status"] == "pending" if outcome is AttemptOutcome.RELEASED else "processing"

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from dfarchive import __version__
-from dfarchive.runstate import STATUSES
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.coordination.runstate import STATUSES
+from dfarchive.coordination.store import NewRun, SqliteStore
 from tests.test_restore import (
     ArchivedRun,
     make_archived_run,
@@ -399,12 +399,12 @@ def test_usage_errors_are_exit_2(capsys) -> None:
 def test_scheduler_delegates(config: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
-    import dfarchive.scheduler
+    import dfarchive.service.scheduler
 
     calls = []
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     monkeypatch.setattr(
-        dfarchive.scheduler,
+        dfarchive.service.scheduler,
         "run_scheduler",
         lambda config, *, once, stop: calls.append((config.source, once, stop.is_set())) or 0,
     )

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfarchive.config import (
+from dfarchive.errors import ConfigError
+from dfarchive.service.config import (
     PASSWORD_ENV,
     Config,
     config_path,
     load_config,
     plaintext_credentials,
 )
-from dfarchive.errors import ConfigError
-from dfarchive.pipeline import ArchiveSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,7 +114,7 @@ def test_sqlite_url_and_relative_paths_resolve_next_to_the_file(tmp_path, dirs):
     assert config.sequencing_path == dirs["seq"]
     assert config.keys_path == dirs["keys"]
     assert config.engine == "gpg"
-    assert ArchiveSettings.from_config(config).direct_io is False
+    assert config.archive_settings().direct_io is False
     assert "guest:guest" not in repr(config)
 
 
@@ -344,7 +343,7 @@ def test_validate_is_overlapped_by_default_or_after_and_reaches_the_pipeline(tmp
     default = load_config(write(tmp_path, minimal(dirs)), environ={})
     assert default.validate == "overlapped"
     after = load_config(write(tmp_path, minimal(dirs) + "    validate: after\n"), environ={})
-    assert ArchiveSettings.from_config(after).validate == "after"
+    assert after.archive_settings().validate == "after"
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, minimal(dirs) + "    validate: later\n"), environ={})
     assert "validate: expected one of overlapped, after; got 'later'" in str(caught.value)

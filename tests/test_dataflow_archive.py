@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.coordination.store import NewRun, SqliteStore
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"
@@ -273,11 +273,11 @@ def test_a_store_error_that_ends_the_loop_still_lets_a_second_ctrl_c_cancel(
     step, so a second Ctrl+C no longer cancelled the runs in progress."""
     import threading
 
-    from dfarchive import localrun
-    from dfarchive.attempt import Outcome
-    from dfarchive.config import load_config
+    from dfarchive.coordination.attempt import AttemptOutcome
     from dfarchive.errors import StoreError
-    from dfarchive.startup import prepare
+    from dfarchive.service import localloop as localrun
+    from dfarchive.service.config import load_config
+    from dfarchive.service.startup import prepare
 
     sparse_run(tmp_path, "run_a", 1 << 16)
     runtime = prepare(load_config(make_config(tmp_path, gnupg_home, scan_interval=0.1)))
@@ -287,8 +287,8 @@ def test_a_store_error_that_ends_the_loop_still_lets_a_second_ctrl_c_cancel(
         started.set()
         if cancel.wait(60):
             cancelled.set()
-            return Outcome.RELEASED
-        return Outcome.ENCRYPTED
+            return AttemptOutcome.RELEASED
+        return AttemptOutcome.ENCRYPTED
 
     real_runs = runtime.store.runs
 

@@ -12,10 +12,10 @@ import threading
 
 import pytest
 
-from dfarchive.directio import DIRECT_ALIGNMENT, open_direct
-from dfarchive.engines.output import ArchiveOutput
+from dfarchive.archiving.engines.output import ArchiveOutput
 from dfarchive.errors import Cancelled
-from dfarchive.writeprogress import WriteProgress
+from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, open_direct
+from dfarchive.plumbing.writeprogress import WriteProgress
 
 BLOCK = 4 * DIRECT_ALIGNMENT
 SIZES = [0, 1, DIRECT_ALIGNMENT - 1, DIRECT_ALIGNMENT, BLOCK - 1, BLOCK, BLOCK + 1,

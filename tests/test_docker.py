@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfarchive.config import PASSWORD_ENV, parse_config
+from dfarchive.service.config import PASSWORD_ENV, parse_config
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 ENTRYPOINT = DOCKER / "entrypoint.sh"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.engines import ENGINE_NAMES, get_engine
+from dfarchive.archiving.engines import ENGINE_NAMES, get_engine
+from dfarchive.archiving.keys import new_run_key, resolve_recipient, wrap_key
+from dfarchive.archiving.validate import validate_archive
 from dfarchive.errors import Cancelled, ToolError
-from dfarchive.keys import new_run_key, resolve_recipient, wrap_key
-from dfarchive.validate import validate_archive
 from tests.gpg_fixtures import (
     children_of,
     encrypt_to_file,
@@ -242,7 +242,7 @@ def test_asynchronous_exception_mid_run_kills_the_children(
     # engine has started every thread it will start. (On CPython 3.11 an asynchronous
     # exception aimed at a thread that is starting another one can land in the new
     # thread instead, leaving the starter blocked in Thread.start() for ever.)
-    monkeypatch.setattr("dfarchive.engines.tap.PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr("dfarchive.archiving.engines.meter.PROGRESS_INTERVAL", 0.0)
     running = threading.Event()
     children: set[int] = set()
     outcome: list[BaseException] = []

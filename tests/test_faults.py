@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfarchive.store import SqliteStore
+from dfarchive.coordination.store import SqliteStore
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from dfarchive import fixity, runstate, scheduler
-from dfarchive.config import parse_config
+from dfarchive.coordination import fixity, runstate
+from dfarchive.coordination.store import SqliteStore
+from dfarchive.coordination.store.base import NewRun
 from dfarchive.errors import ConfigError, TransitionRefused
-from dfarchive.scheduler import enqueue_audits_due
-from dfarchive.store import SqliteStore
-from dfarchive.store.base import NewRun
-from dfarchive.verify import verify_run
+from dfarchive.ops.verify import verify_run
+from dfarchive.service import scheduler
+from dfarchive.service.config import parse_config
+from dfarchive.service.scheduler import enqueue_audits_due
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -296,7 +297,7 @@ def test_a_failed_send_unmarks_the_runs_not_sent(store: SqliteStore, tmp_path: P
 def test_store_metrics_count_results_and_the_oldest_check(store: SqliteStore) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from dfarchive.metrics import StoreCollector
+    from dfarchive.service.metrics import StoreCollector
 
     for run_id in ("run_ok", "run_bad", "run_gone", "run_new"):
         archived_run(store, run_id)
@@ -325,9 +326,9 @@ def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home)
 
     import yaml
 
-    from dfarchive import localrun
-    from dfarchive.config import load_config
-    from dfarchive.startup import prepare
+    from dfarchive.service import localloop as localrun
+    from dfarchive.service.config import load_config
+    from dfarchive.service.startup import prepare
 
     for name in ("seq/seqA/run_l", "archives", "keys"):
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
@@ -385,7 +386,7 @@ def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home)
 def test_an_audit_gives_way_to_a_run_becoming_pending(
     store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dfarchive import audit
+    from dfarchive.service import audit
 
     data = os.urandom(1 << 20) * 24
     archive = tmp_path / "run_a.tar.gpg"

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from dfarchive.runstate import parse_timestamp
+from dfarchive.coordination.runstate import parse_timestamp
 from tests.amqp import message_count
 from tests.deployment import Deployment
 from tests.legacy_tool import archive_like_the_original, legacy_document

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dfarchive.archiving.folderstamps import check_unchanged, stamp_folder
+from dfarchive.archiving.pipeline import TAR_ENTRY_OVERHEAD, estimate_tar_size
 from dfarchive.errors import ToolError
-from dfarchive.folderstamps import check_unchanged, stamp_folder
-from dfarchive.pipeline import TAR_ENTRY_OVERHEAD, estimate_tar_size
 
 
 @pytest.fixture

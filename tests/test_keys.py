@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.errors import CryptoError, KeyFileError, RecipientError
-from dfarchive.keys import (
+from dfarchive.archiving.keys import (
     Recipient,
     gpg_passphrase,
     new_run_key,
@@ -17,6 +16,7 @@ from dfarchive.keys import (
     unwrap_key,
     wrap_key,
 )
+from dfarchive.errors import CryptoError, KeyFileError, RecipientError
 from dfarchive.openpgp import decrypt_bytes
 from tests.gpg_fixtures import GnupgHome
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfarchive.config import PASSWORD_ENV
-from dfarchive.store import NewRun
+from dfarchive.coordination.store import NewRun
+from dfarchive.service.config import PASSWORD_ENV
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"

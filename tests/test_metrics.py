@@ -17,9 +17,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from dfarchive.attempt import Outcome
-from dfarchive.metrics import ArchiveMetrics
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.coordination.attempt import AttemptOutcome
+from dfarchive.coordination.store import NewRun, SqliteStore
+from dfarchive.service.metrics import ArchiveMetrics
 from tests.test_dataflow_archive import documents, make_config, sparse_run
 
 BIN = Path(sys.executable).parent
@@ -62,9 +62,9 @@ def wait_for_scrape(port: int, proc: subprocess.Popen, ready, what: str, timeout
 def test_archive_metrics_count_outcomes():
     registry = CollectorRegistry()
     metrics = ArchiveMetrics(registry)
-    metrics.ended("a", Outcome.FAILED, None)
-    metrics.ended("b", Outcome.RELEASED, None)
-    metrics.ended("c", Outcome.ENCRYPTED, {"plaintext_size": 300_000_000, "seconds": 2.0})
+    metrics.ended("a", AttemptOutcome.FAILED, None)
+    metrics.ended("b", AttemptOutcome.RELEASED, None)
+    metrics.ended("c", AttemptOutcome.ENCRYPTED, {"plaintext_size": 300_000_000, "seconds": 2.0})
     value = registry.get_sample_value
     assert value("dfarchive_archived_runs_total") == 1
     assert value("dfarchive_archived_bytes_total") == 300_000_000

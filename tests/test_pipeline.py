@@ -17,9 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from dfarchive import keys, pipeline, tarstream, validate
-from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.engines import ENGINE_NAMES, tap
+from dfarchive.archiving import keys, pipeline, tarstream, validate
+from dfarchive.archiving.engines import ENGINE_NAMES, tap
+from dfarchive.archiving.keys import Recipient, resolve_recipient
+from dfarchive.archiving.partialfile import PartialFile
+from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import (
     Cancelled,
     PreflightError,
@@ -27,13 +31,9 @@ from dfarchive.errors import (
     ToolError,
     ValidationError,
 )
-from dfarchive.keys import Recipient, resolve_recipient
 from dfarchive.openpgp import decrypt
-from dfarchive.pipeline import ArchiveSettings, archive_run
-from dfarchive.publish import PartialFile
-from dfarchive.restore import restore_archive
-from dfarchive.store import NewRun, SqliteStore
-from dfarchive.writeprogress import WriteProgress
+from dfarchive.ops.restore import restore_archive
+from dfarchive.plumbing.writeprogress import WriteProgress
 
 
 @pytest.fixture
@@ -430,7 +430,7 @@ def test_attempt_archives_and_marks_encrypted(store, outputs, recipient, run_fol
         recipient=recipient,
         sequencing_path=run.path.parent.parent,
     )
-    assert outcome is Outcome.ENCRYPTED
+    assert outcome is AttemptOutcome.ENCRYPTED
     doc = store.get(run.path.name)
     assert doc["status"] == "encrypted"
     assert doc["archive"]["file"] == str(outputs.destination_path / f"{run.path.name}.tar.gpg")
@@ -444,7 +444,7 @@ def test_attempt_archives_and_marks_encrypted(store, outputs, recipient, run_fol
         recipient=recipient,
         sequencing_path=run.path.parent.parent,
     )
-    assert again is Outcome.SKIPPED
+    assert again is AttemptOutcome.SKIPPED
     assert store.get(run.path.name)["_rev"] == doc["_rev"]
 
 
@@ -458,7 +458,7 @@ def test_attempt_on_a_vanished_folder_counts_a_failure(store, outputs, recipient
         recipient=recipient,
         sequencing_path=tmp_path.parent,
     )
-    assert outcome is Outcome.FAILED
+    assert outcome is AttemptOutcome.FAILED
     doc = store.get("run_gone")
     assert doc["status"] == "pending" and doc["failure_count"] == 1
     assert "run_gone does not exist" in doc["last_error"]

@@ -16,17 +16,17 @@ import threading
 import time
 from pathlib import Path
 
-from dfarchive.attempt import Outcome
-from dfarchive.lease import MAX_HEARTBEAT_INTERVAL, LeaseKeeper
-from dfarchive.progress_view import (
+from dfarchive.cli.progress_view import (
     STALL_SECONDS,
     RunProgress,
     TerminalProgress,
     progress_line,
     wants_progress,
 )
-from dfarchive.store import NewRun, SqliteStore
-from dfarchive.store.base import Claim
+from dfarchive.coordination.attempt import AttemptOutcome
+from dfarchive.coordination.lease import MAX_HEARTBEAT_INTERVAL, LeaseKeeper
+from dfarchive.coordination.store import NewRun, SqliteStore
+from dfarchive.coordination.store.base import Claim
 from tests.test_dataflow_archive import documents, make_config, sparse_run
 
 BIN = Path(sys.executable).parent
@@ -108,7 +108,7 @@ def test_log_lines_scroll_above_the_live_lines_and_close_erases_them():
     assert [LINE.match(line).group(1) for line in screen.text[2:]] == ["run_a", "run_b"]
     assert all(len(line) < 60 for line in screen.text)
 
-    view.ended("run_b", Outcome.ENCRYPTED, None)
+    view.ended("run_b", AttemptOutcome.ENCRYPTED, None)
     screen = Screen()
     screen.feed(out.getvalue())
     assert [line.split()[0] for line in screen.text] == ["log", "log", "run_a"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dfarchive.archiving.partialfile import PartialFile
 from dfarchive.errors import ClaimLost
-from dfarchive.publish import PartialFile
 
 
 def write(partial: PartialFile, data: bytes) -> None:

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from dfarchive.childproc import POLL_SECONDS
-from dfarchive.directio import open_direct
 from dfarchive.errors import Cancelled
-from dfarchive.readahead import ReadAhead
-from dfarchive.writeprogress import WriteProgress
+from dfarchive.plumbing.childproc import POLL_SECONDS
+from dfarchive.plumbing.directio import open_direct
+from dfarchive.plumbing.readahead import ReadAhead
+from dfarchive.plumbing.writeprogress import WriteProgress
 from tests.test_directio import BLOCK, SIZES
 
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from dfarchive import keys
+from dfarchive.archiving import keys
+from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
 from dfarchive.cli.dfarchive import main
 from dfarchive.errors import KeyFileError
 from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
-from dfarchive.pipeline import ArchiveSettings, archive_run
-from dfarchive.restore import (
+from dfarchive.ops.restore import (
     TEMP_PREFIX,
     DestinationExists,
     RestoreError,
@@ -525,7 +525,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
 RESTORE_FROM_STDIN = """
 import sys
 from pathlib import Path
-from dfarchive.restore import restore_archive
+from dfarchive.ops.restore import restore_archive
 archive, into, run_id = sys.argv[1:]
 restore_archive(Path(archive), sys.stdin.buffer.read(), Path(into), run_id=run_id)
 """

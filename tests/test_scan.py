@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.scan import MAX_RUN_ID_BYTES, run_id_problem, run_path_problem, scan_runs
+from dfarchive.coordination.scan import (
+    MAX_RUN_ID_BYTES,
+    run_id_problem,
+    run_path_problem,
+    scan_runs,
+)
 
 SENTINEL = ".metadata_rsync_exitcode"
 

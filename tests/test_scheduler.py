@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.config import Config
-from dfarchive.messaging import BrokerError, check_broker, enqueue_archive, make_broker
-from dfarchive.scheduler import schedule_pass
-from dfarchive.store import RunStore, SqliteStore
+from dfarchive.coordination.store import RunStore, SqliteStore
+from dfarchive.service.config import Config
+from dfarchive.service.messaging import BrokerError, check_broker, enqueue_archive, make_broker
+from dfarchive.service.scheduler import schedule_pass
 
 SENTINEL = ".metadata_rsync_exitcode"
 

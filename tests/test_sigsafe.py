@@ -9,7 +9,7 @@ import textwrap
 import threading
 import time
 
-from dfarchive.sigsafe import SignalSafeEvent
+from dfarchive.plumbing.sigsafe import SignalSafeEvent
 
 
 def test_event_semantics_match_threading_event():
@@ -66,7 +66,7 @@ NESTED_CTRL_C = textwrap.dedent(
     import signal, sys
     from types import SimpleNamespace
     from dfarchive.cli.dataflow_archive import install_signal_handlers
-    from dfarchive.localrun import LocalArchiver
+    from dfarchive.service.localloop import LocalArchiver
 
     def scenario(second_at):
         archiver = LocalArchiver(SimpleNamespace(config=SimpleNamespace(concurrency=1)))

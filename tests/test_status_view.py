@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfarchive.runstate import timestamp
-from dfarchive.status_view import (
+from dfarchive.cli.status_view import (
     HEADERS,
     age,
     progress_percent,
@@ -17,6 +16,7 @@ from dfarchive.status_view import (
     summary_line,
     throughput_mb_s,
 )
+from dfarchive.coordination.runstate import timestamp
 
 NOW = datetime(2026, 4, 28, 12, 0, 0, tzinfo=UTC)
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dfarchive import runstate
+from dfarchive.coordination import runstate
+from dfarchive.coordination.store import NewRun, RunStore, SqliteStore
 from dfarchive.errors import ClaimLost, TransitionRefused, UnknownRun
-from dfarchive.store import NewRun, RunStore, SqliteStore
 
 ORIGINAL_FIELDS = {
     "_id",

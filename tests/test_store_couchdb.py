@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dfarchive.coordination.store.base import NewRun
+from dfarchive.coordination.store.couchdb import LOOKUP_VIEWS, VIEWS, CouchStore
 from dfarchive.errors import StoreAuthError, StoreError, StoreUnavailable
-from dfarchive.store.base import NewRun
-from dfarchive.store.couchdb import LOOKUP_VIEWS, VIEWS, CouchStore
 
 BIN = Path(sys.executable).parent
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dfarchive.archiving.tarstream import TarStream, tar_command
 from dfarchive.errors import Cancelled, ToolError
-from dfarchive.tarstream import TarStream, tar_command
 from tests.gpg_fixtures import tar_by_hand
 
 EXCLUSIONS = ["Demultiplex*", "demux_*"]

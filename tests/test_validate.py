@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.directio import open_direct
-from dfarchive.engines import EncryptResult
+from dfarchive.archiving.engines import EncryptResult
+from dfarchive.archiving.keys import new_run_key
+from dfarchive.archiving.validate import VALIDATION_METHODS, TrailingValidation, validate_archive
 from dfarchive.errors import Cancelled, ValidationError
-from dfarchive.keys import new_run_key
 from dfarchive.openpgp import encrypt_bytes
-from dfarchive.validate import VALIDATION_METHODS, TrailingValidation, validate_archive
-from dfarchive.writeprogress import WriteProgress
+from dfarchive.plumbing.directio import open_direct
+from dfarchive.plumbing.writeprogress import WriteProgress
 from tests.gpg_fixtures import build_run_folder, encrypt_to_file, stock_decrypt
 
 KEY = new_run_key()

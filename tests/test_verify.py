@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from dfarchive import keys
-from dfarchive.adopt import key_file_recipients
+from dfarchive.archiving import keys
+from dfarchive.archiving.keys import gpg_passphrase
+from dfarchive.archiving.tarheaders import TarHeaderWalker
+from dfarchive.coordination.store import SqliteStore
 from dfarchive.errors import ToolError
-from dfarchive.keys import gpg_passphrase
 from dfarchive.openpgp import decrypt_bytes
-from dfarchive.store import SqliteStore
-from dfarchive.tarindex import TarIndex
-from dfarchive.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
+from dfarchive.ops.adopt import key_file_recipients
+from dfarchive.ops.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
 from tests.test_cli_dfarchive import add_run, write_config
 from tests.test_restore import (
     LEGACY_KEYS,
@@ -199,7 +199,7 @@ def test_a_deeply_adopted_record_is_checked_in_full(archived: ArchivedRun, tmp_p
     key = LEGACY_KEYS["nul_at_7"]
     made = make_legacy_archive(tmp_path, archived.home, archived.source, key)
     plaintext = decrypt_bytes(made.archive.read_bytes(), gpg_passphrase(key))
-    index = TarIndex()
+    index = TarHeaderWalker()
     index.feed(plaintext)
     digest = hashlib.sha256(plaintext).hexdigest()
     members = index.summary().members

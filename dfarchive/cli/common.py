@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ..config import Config, config_path, load_config, plaintext_credentials
-from ..coredumps import disable_core_dumps
-from ..errors import DfArchiveError
-from ..logs import redact, setup_logging
+from dfarchive.errors import DfArchiveError
+from dfarchive.plumbing.coredumps import disable_core_dumps
+from dfarchive.plumbing.logs import redact, setup_logging
+from dfarchive.service.config import Config, config_path, load_config, plaintext_credentials
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -35,7 +35,7 @@ def load(args: argparse.Namespace, *, log: bool = True) -> Config:
     if log:
         setup_logging(config.log_level, config.log_file)
     for warning in plaintext_credentials(config):
-        logging.getLogger("dfarchive.config").warning("%s", warning)
+        logging.getLogger("dfarchive.service.config").warning("%s", warning)
     return config
 
 

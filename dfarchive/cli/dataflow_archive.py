@@ -8,8 +8,8 @@ progress and exits 0; a second Ctrl+C stops them at once (partial files removed,
 runs back to pending uncounted) and exits 130.
 
 In a terminal, a live progress line per active run sits below the log lines
-(:mod:`dfarchive.progress_view`); with ``metrics_port`` set, Prometheus metrics are
-served (:mod:`dfarchive.metrics`).
+(:mod:`dfarchive.cli.progress_view`); with ``metrics_port`` set, Prometheus metrics are
+served (:mod:`dfarchive.service.metrics`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,8 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
-from .. import __version__
-from ..attempt import AttemptObserver
-from ..config import Config
-from ..localrun import LocalArchiver
-from ..messaging import broker_url
-from ..metrics import scheduler_metrics, serve_metrics
-from ..progress_view import TerminalProgress, wants_progress
-from ..scheduler import run_scheduler
-from ..sigsafe import SignalSafeEvent
-from ..startup import Runtime, prepare
-from ..store import RunStore
-from .common import (
+from dfarchive import __version__
+from dfarchive.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,6 +30,16 @@ from .common import (
     load,
     run_main,
 )
+from dfarchive.cli.progress_view import TerminalProgress, wants_progress
+from dfarchive.coordination.attempt import AttemptObserver
+from dfarchive.coordination.store import RunStore
+from dfarchive.plumbing.sigsafe import SignalSafeEvent
+from dfarchive.service.config import Config
+from dfarchive.service.localloop import LocalArchiver
+from dfarchive.service.messaging import broker_url
+from dfarchive.service.metrics import scheduler_metrics, serve_metrics
+from dfarchive.service.scheduler import run_scheduler
+from dfarchive.service.startup import Runtime, prepare
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[]
     """First SIGINT/SIGTERM → ``on_first``; a second SIGINT → ``on_second``.
 
     Both run inside the signal handler, perhaps nested in the other one, so they must
-    take no lock: set :class:`~dfarchive.sigsafe.SignalSafeEvent` s, no logging.
+    take no lock: set :class:`~dfarchive.plumbing.sigsafe.SignalSafeEvent` s, no logging.
     """
     received: list[int] = []
 

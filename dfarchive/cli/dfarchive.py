@@ -13,18 +13,19 @@
 ``dfarchive release RUN``               a processing run back to pending now, not
                                         counted, whatever its lease says
 ``dfarchive verify RUN [--deep]``       bit-rot check of the archive (see
-                                        :mod:`dfarchive.verify`), recorded as the
+                                        :mod:`dfarchive.ops.verify`), recorded as the
                                         run's ``fixity``
 ``dfarchive verify --all``              a fixity audit of every encrypted run now
                                         (``--older-than DAYS``, ``--deep``,
-                                        ``--max-rate MB/s``; see :mod:`dfarchive.fixity`)
+                                        ``--max-rate MB/s``; see
+                                        :mod:`dfarchive.coordination.fixity`)
 ``dfarchive restore RUN --to DIR``      decrypt, verify and extract safely into
                                         ``DIR/RUN`` (``--archive``/``--key`` to
                                         restore without a store entry)
 ``dfarchive scheduler [--once]``        the scheduling loop feeding dramatiq workers
 ``dfarchive adopt RUN… | --all``        record the archives the original
                                         ``dataflow_archive`` tool made (see
-                                        :mod:`dfarchive.adopt`); ``--deep`` also
+                                        :mod:`dfarchive.ops.adopt`); ``--deep`` also
                                         decrypts them
 ======================================  =============================================
 
@@ -68,15 +69,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..config import CONFIG_ENV, Config, config_path
-from ..errors import DfArchiveError, TransitionRefused, UnknownRun
-from ..logs import setup_logging
-from ..runstate import ENCRYPTED, STATUSES, RunDocument
-from ..status_view import render_table, summary_line
-from ..store import RunStore, open_store
-from ..store.base import utc_now
-from .common import (
+from dfarchive import __version__
+from dfarchive.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -84,12 +78,20 @@ from .common import (
     load,
     run_main,
 )
+from dfarchive.cli.status_view import render_table, summary_line
+from dfarchive.coordination.runstate import ENCRYPTED, STATUSES, RunDocument
+from dfarchive.coordination.store import RunStore
+from dfarchive.coordination.store.base import utc_now
+from dfarchive.errors import DfArchiveError, TransitionRefused, UnknownRun
+from dfarchive.plumbing.logs import setup_logging
+from dfarchive.service.config import CONFIG_ENV, Config, config_path
+from dfarchive.service.stores import open_store
 
 if TYPE_CHECKING:
-    from ..audit import AuditSettings
-    from ..fixity import Check
-    from ..keys import Recipient
-    from ..verify import ArchiveRecord
+    from dfarchive.archiving.keys import Recipient
+    from dfarchive.coordination.fixity import Check
+    from dfarchive.ops.verify import ArchiveRecord
+    from dfarchive.service.audit import AuditSettings
 
 PROGRAM = "dfarchive"
 
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers --------------------------------------------------------------------------
 
 
-FIXITY_FILTERS = ("failed", "missing", "due")  # dfarchive.fixity.FILTERS, imported lazily
+# dfarchive.coordination.fixity.FILTERS, imported lazily
+FIXITY_FILTERS = ("failed", "missing", "due")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -235,7 +238,7 @@ def _open_existing_store(config: Config) -> RunStore:
 
     Raises: StartupError when the SQLite state file does not exist yet.
     """
-    from ..startup import StartupError
+    from dfarchive.service.startup import StartupError
 
     state_file = config.state_file if config.couchdb is None else None
     if state_file is not None and not state_file.exists():
@@ -258,9 +261,9 @@ def _unwrapper(config: Config | None) -> Callable[[Path], bytes]:
 
     Its errors are one line: a StartupError saying where the private key must be.
     """
-    from ..errors import ToolError
-    from ..keys import unwrap_key
-    from ..startup import StartupError
+    from dfarchive.archiving.keys import unwrap_key
+    from dfarchive.errors import ToolError
+    from dfarchive.service.startup import StartupError
 
     home = _gnupg_home(config)
 
@@ -287,7 +290,7 @@ def _dump(value: Any) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the state database and design documents, and keys_path (0700)."""
-    from ..startup import check_keys_path, open_checked_store
+    from dfarchive.service.startup import check_keys_path, open_checked_store
 
     config = _load(args)
     check_keys_path(config)
@@ -340,7 +343,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _fixity_filtered(docs: list[RunDocument], wanted: str, config: Config) -> list[RunDocument]:
     from datetime import timedelta
 
-    from ..fixity import matches_filter
+    from dfarchive.coordination.fixity import matches_filter
 
     days = config.fixity_interval_days
     interval = timedelta(days=days) if days > 0 else None
@@ -351,7 +354,7 @@ def _fixity_filtered(docs: list[RunDocument], wanted: str, config: Config) -> li
 def _key_leftovers(config: Config, docs: list[RunDocument]) -> dict[str, Path]:
     """The original tool's plaintext keys in destination_path, of the runs in ``docs``
     (none when destination_path can't be listed from this host)."""
-    from ..leftovers import legacy_key_leftovers
+    from dfarchive.coordination.leftovers import legacy_key_leftovers
 
     try:
         return legacy_key_leftovers(config.destination_path, (doc["_id"] for doc in docs))
@@ -414,7 +417,7 @@ def _operator_transition(
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check the archive against its record and record the result as the run's
     ``fixity``: 0 ok, 1 mismatch or nothing to verify. ``--all``: :func:`verify_all`."""
-    from ..audit import audit
+    from dfarchive.service.audit import audit
 
     if (args.run_id is None) == (not args.all):
         _say("verify: give either RUN_ID or --all")
@@ -448,9 +451,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _audit_settings(args: argparse.Namespace, config: Config) -> AuditSettings:
-    from ..audit import AuditSettings
-    from ..fixity import MB, RateLimiter
-    from ..verify import recipient_key_lister
+    from dfarchive.coordination.fixity import MB, RateLimiter
+    from dfarchive.ops.verify import recipient_key_lister
+    from dfarchive.service.audit import AuditSettings
 
     rate = config.fixity_max_rate if args.max_rate is None else args.max_rate
     if rate < 0:
@@ -475,10 +478,10 @@ def verify_all(store: RunStore, settings: AuditSettings, *, older_than: float | 
     """Audit every encrypted run (not checked for ``older_than`` days), one at a time,
     with a live progress line in a terminal; one line per run and a summary. 1 if any
     failed (a missing archive is reported, not a failure)."""
-    from ..attempt import Outcome
-    from ..audit import audit
-    from ..fixity import FAILED, MISSING, OK, auditable, checked_at
-    from ..progress_view import TerminalProgress, format_duration, wants_progress
+    from dfarchive.cli.progress_view import TerminalProgress, format_duration, wants_progress
+    from dfarchive.coordination.attempt import AttemptOutcome
+    from dfarchive.coordination.fixity import FAILED, MISSING, OK, auditable, checked_at
+    from dfarchive.service.audit import audit
 
     now = utc_now()
     docs = store.runs(ENCRYPTED)
@@ -512,7 +515,7 @@ def verify_all(store: RunStore, settings: AuditSettings, *, older_than: float | 
 
             check, report = audit(doc, settings, on_read=progress)
             if view is not None:
-                view.ended(label, Outcome.ENCRYPTED, None)
+                view.ended(label, AttemptOutcome.ENCRYPTED, None)
             read += report.bytes_read if report is not None else 0
             _record(store, doc["_id"], check)
             counts[check.result] += 1
@@ -551,7 +554,7 @@ def _restore_record(
     args: argparse.Namespace, config: Config | None
 ) -> tuple[ArchiveRecord | None, int | None]:
     """The run's archive record (or None), or an exit code when the restore can't go on."""
-    from ..verify import NotVerifiable, archive_record
+    from dfarchive.ops.verify import NotVerifiable, archive_record
 
     standalone = args.archive is not None and args.key is not None
     if config is None:
@@ -586,8 +589,8 @@ def _restore_record(
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Unwrap the key, decrypt, verify and extract into ``--to``; 1 if refused/damaged."""
-    from ..errors import KeyFileError
-    from ..restore import RestoreError, restore_archive
+    from dfarchive.errors import KeyFileError
+    from dfarchive.ops.restore import RestoreError, restore_archive
 
     config = _restore_config(args)
     record, code = _restore_record(args, config)
@@ -631,9 +634,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """The scheduling loop; the first SIGINT/SIGTERM stops it after the current pass."""
-    from ..metrics import scheduler_metrics
-    from ..scheduler import run_scheduler
-    from ..sigsafe import SignalSafeEvent
+    from dfarchive.plumbing.sigsafe import SignalSafeEvent
+    from dfarchive.service.metrics import scheduler_metrics
+    from dfarchive.service.scheduler import run_scheduler
 
     config = load(args)
     stop = SignalSafeEvent()
@@ -650,7 +653,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_adopt(args: argparse.Namespace) -> int:
     """Record the original tool's archives: 0 all adopted, 1 any run not adopted."""
-    from ..startup import check_keys_path, check_recipient
+    from dfarchive.service.startup import check_keys_path, check_recipient
 
     if bool(args.run_ids) == args.all:
         _say("adopt: give the runs to adopt, or --all (not both)")
@@ -681,7 +684,7 @@ class _Adopter:
     """Adopts runs one by one: a line per run on stdout, counts for the summary."""
 
     def __init__(self, config: Config, recipient: Recipient, *, deep: bool) -> None:
-        from ..adopt import recipient_key_ids
+        from dfarchive.ops.adopt import recipient_key_ids
 
         self.config = config
         self.recipient = recipient
@@ -691,7 +694,7 @@ class _Adopter:
 
     def adopt(self, store: RunStore, doc: RunDocument | str) -> None:
         """Adopt one run (a document, or the id of a run not in the store)."""
-        from ..adopt import AdoptionError, adoption_record
+        from dfarchive.ops.adopt import AdoptionError, adoption_record
 
         if isinstance(doc, str):
             return self._refused(doc, f"no such run in the {store.backend} store")
@@ -733,7 +736,7 @@ class _Adopter:
         return None
 
     def remove_leftover(self, run_id: str) -> None:
-        from ..leftovers import remove_legacy_key_leftover
+        from dfarchive.coordination.leftovers import remove_legacy_key_leftover
 
         remove_legacy_key_leftover(self.config.destination_path, run_id)
 

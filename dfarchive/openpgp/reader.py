@@ -33,7 +33,7 @@ from dfarchive.openpgp.streams import (
     read_header,
     read_small_body,
 )
-from dfarchive.threadhash import ThreadedHash
+from dfarchive.plumbing.threadhash import ThreadedHash
 
 DEFAULT_READ_SIZE = 1 << 22
 PIECE_SIZE = 1 << 20

@@ -23,7 +23,7 @@ from dfarchive.errors import CryptoError
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.ciphers import cfb_encryptor, cipher_spec
 from dfarchive.openpgp.s2k import S2K, S2K_ITERATED
-from dfarchive.threadhash import ThreadedHash
+from dfarchive.plumbing.threadhash import ThreadedHash
 
 PASSPHRASE_TYPE = bytes
 

@@ -14,14 +14,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dfarchive import timeouts
-from dfarchive.attempt import Outcome, attempt_run
+from dfarchive.archiving.keys import resolve_recipient
+from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.lease import LeaseKeeper
+from dfarchive.coordination.store.base import NewRun
+from dfarchive.coordination.store.couchdb import CouchStore
 from dfarchive.errors import StoreUnavailable
-from dfarchive.keys import resolve_recipient
-from dfarchive.lease import LeaseKeeper
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.store.base import NewRun
-from dfarchive.store.couchdb import CouchStore
+from dfarchive.plumbing import timeouts
 
 from .relay import TcpRelay
 from .support import make_run, parse_time, poll, slow_tar
@@ -76,7 +76,7 @@ def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
     for folder in (settings.destination_path, settings.keys_path):
         folder.mkdir()
     recipient = resolve_recipient(gnupg_home.fingerprint, gnupg_home=gnupg_home.home)
-    outcome: list[Outcome] = []
+    outcome: list[AttemptOutcome] = []
     worker = threading.Thread(
         target=lambda: outcome.append(
             attempt_run(
@@ -109,7 +109,7 @@ def test_a_worker_whose_store_hangs_stops_its_attempt_before_its_lease_ends(
     worker.join(timeout=LEASE)  # after one bounded try to release the run uncounted
 
     assert not worker.is_alive(), "the attempt went on with its store unreachable"
-    assert outcome == [Outcome.LOST]  # the store never answered the release either
+    assert outcome == [AttemptOutcome.LOST]  # the store never answered the release either
     doc = observer.get("run_cut")
     assert stopped < parse_time(doc["lease_expires_at"])  # before anyone may take over
     assert doc["status"] == "processing" and doc["failure_count"] == 0  # counted nothing

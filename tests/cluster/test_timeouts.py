@@ -1,12 +1,12 @@
-"""Every network call is bounded, from one place (dfarchive.timeouts)."""
+"""Every network call is bounded, from one place (dfarchive.plumbing.timeouts)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dfarchive import timeouts
-from dfarchive.messaging import make_broker
-from dfarchive.store.couchdb import CouchStore
+from dfarchive.coordination.store.couchdb import CouchStore
+from dfarchive.plumbing import timeouts
+from dfarchive.service.messaging import make_broker
 
 
 def test_the_broker_connection_is_bounded_and_its_heartbeat_notices_a_dead_link():

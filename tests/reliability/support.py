@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from dfarchive import keys
+from dfarchive.archiving import keys
+from dfarchive.coordination.store import SqliteStore
 from dfarchive.openpgp import decrypt
-from dfarchive.store import SqliteStore
 from tests.gpg_fixtures import TEST_UID, GnupgHome
 
 BIN = Path(sys.executable).parent

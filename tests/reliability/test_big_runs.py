@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.keys import resolve_recipient
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.restore import restore_archive
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.archiving.keys import resolve_recipient
+from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.store import NewRun, SqliteStore
+from dfarchive.ops.restore import restore_archive
 from tests.gpg_fixtures import GnupgHome
 from tests.reliability.support import SENTINEL, new_gnupg_home, stop_agent
 
@@ -79,7 +79,7 @@ def archive_once(base: Path, run: Path, keyring: GnupgHome, store_dir: Path) -> 
             sequencing_path=run.parent.parent,
         )
         doc = store.get(run.name)
-    assert outcome is Outcome.ENCRYPTED, doc and doc.get("last_error")
+    assert outcome is AttemptOutcome.ENCRYPTED, doc and doc.get("last_error")
     assert doc is not None and doc["status"] == "encrypted"
     return doc
 
@@ -128,7 +128,7 @@ def test_one_file_over_4_gib(scratch: Path, keyring: GnupgHome, tmp_path: Path) 
     archive = Path(record["file"])
     assert archive.stat().st_size == record["size"] > BIG_SIZE
 
-    from dfarchive.keys import unwrap_key
+    from dfarchive.archiving.keys import unwrap_key
 
     passphrase = unwrap_key(Path(record["key_file"]), gnupg_home=keyring.home)
     into = scratch / "restored"

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from dfarchive.config import load_config
-from dfarchive.scheduler import schedule_pass
-from dfarchive.store import open_store
+from dfarchive.service.config import load_config
+from dfarchive.service.scheduler import schedule_pass
+from dfarchive.service.stores import open_store
 from tests.gpg_fixtures import GnupgHome
 from tests.reliability.support import Finished, Workspace, new_gnupg_home, stop_agent
 
@@ -209,8 +209,8 @@ def test_many_runs_skipped_at_once_do_not_hang_the_loop(
     import sys
     import threading
 
-    from dfarchive.localrun import LocalArchiver
-    from dfarchive.startup import prepare
+    from dfarchive.service.localloop import LocalArchiver
+    from dfarchive.service.startup import prepare
 
     monkeypatch.setenv("GNUPGHOME", keyring.home)
     ws = Workspace(tmp_path, keyring)
@@ -309,7 +309,7 @@ def test_a_live_claim_of_the_original_tool_is_left_alone_and_reported(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from dfarchive.runstate import timestamp
+    from dfarchive.coordination.runstate import timestamp
 
     ws = backend.ws
     run = ws.make_run("seqA", "run_legacy")

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive import attempt as attempt_module
-from dfarchive import pipeline as pipeline_module
-from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.config import Config, load_config
-from dfarchive.keys import Recipient, resolve_recipient
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.scheduler import schedule_pass
-from dfarchive.store import SqliteStore
+from dfarchive.archiving import pipeline as pipeline_module
+from dfarchive.archiving.keys import Recipient, resolve_recipient
+from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.coordination import attempt as attempt_module
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.store import SqliteStore
+from dfarchive.service.config import Config, load_config
+from dfarchive.service.scheduler import schedule_pass
 from tests.reliability.support import (
     SENTINEL,
     Workspace,
@@ -53,12 +53,12 @@ class Setup:
 
     @property
     def settings(self) -> ArchiveSettings:
-        return ArchiveSettings.from_config(self.config)
+        return self.config.archive_settings()
 
     def schedule(self) -> list[str]:
         return schedule_pass(self.store, self.config, worker_id="scheduler:1").registered
 
-    def attempt(self, run_id: str) -> Outcome:
+    def attempt(self, run_id: str) -> AttemptOutcome:
         return attempt_run(
             self.store,
             run_id,
@@ -138,7 +138,7 @@ def test_a_sentinel_appearing_between_scans_registers_the_run_then(setup: Setup)
     assert setup.store.get("run_late") is None
     (run / SENTINEL).write_text("0\n")
     assert setup.schedule() == ["run_late"]  # the next scan sees it
-    assert setup.attempt("run_late") is Outcome.ENCRYPTED
+    assert setup.attempt("run_late") is AttemptOutcome.ENCRYPTED
 
 
 def test_a_folder_renamed_after_registration_fails_clearly_and_the_new_name_is_archived(
@@ -148,9 +148,9 @@ def test_a_folder_renamed_after_registration_fails_clearly_and_the_new_name_is_a
     assert setup.schedule() == ["run_old"]
     run.rename(run.with_name("run_new"))
     assert setup.schedule() == ["run_new"]
-    assert setup.attempt("run_old") is Outcome.FAILED
+    assert setup.attempt("run_old") is AttemptOutcome.FAILED
     setup.assert_counted_failure("run_old", f"run folder {run} does not exist (moved or deleted?)")
-    assert setup.attempt("run_new") is Outcome.ENCRYPTED
+    assert setup.attempt("run_new") is AttemptOutcome.ENCRYPTED
 
 
 def test_a_folder_replaced_by_a_symlink_after_registration_is_not_archived(
@@ -162,7 +162,7 @@ def test_a_folder_replaced_by_a_symlink_after_registration_is_not_archived(
     moved.parent.mkdir()
     shutil.move(run, moved)
     run.symlink_to(moved)  # "moved to another disk, left a link"
-    assert setup.attempt("run_moved") is Outcome.FAILED
+    assert setup.attempt("run_moved") is AttemptOutcome.FAILED
     doc = setup.doc("run_moved")
     assert "is now a symbolic link" in doc["last_error"] and str(moved) in doc["last_error"]
     setup.assert_nothing_published("run_moved")
@@ -173,7 +173,7 @@ def test_the_same_run_name_appearing_under_another_sequencer_later_is_flagged(
 ) -> None:
     first = setup.ws.make_run("seqB", "run_twice")
     assert setup.schedule() == ["run_twice"]
-    assert setup.attempt("run_twice") is Outcome.ENCRYPTED
+    assert setup.attempt("run_twice") is AttemptOutcome.ENCRYPTED
     second = setup.ws.make_run("seqA", "run_twice")  # sorts before seqB
     with caplog.at_level(logging.ERROR, logger="dfarchive"):
         assert setup.schedule() == []
@@ -194,7 +194,7 @@ def test_a_file_changed_while_tar_reads_it_is_a_counted_failure(
     setup.schedule()
     with open(run / "big.bin", "ab") as big:
         during_tar(monkeypatch, lambda: big.write(b"more data\n") and big.flush())
-        assert setup.attempt("run_changed") is Outcome.FAILED
+        assert setup.attempt("run_changed") is AttemptOutcome.FAILED
     setup.assert_counted_failure("run_changed", "big.bin: file changed as we read it")
 
 
@@ -204,7 +204,7 @@ def test_a_file_appearing_in_the_folder_tar_is_reading_is_a_counted_failure(
     run = big_run(setup.ws, "run_appearing")
     setup.schedule()
     during_tar(monkeypatch, lambda: (run / "late_file.txt").write_text("late\n"))
-    assert setup.attempt("run_appearing") is Outcome.FAILED
+    assert setup.attempt("run_appearing") is AttemptOutcome.FAILED
     setup.assert_counted_failure("run_appearing", "run_appearing", "changed")
 
 
@@ -241,7 +241,7 @@ def test_a_file_appearing_in_a_folder_tar_has_finished_is_a_counted_failure(
     done, reading = two_folders(setup.ws, "run_behind")
     setup.schedule()
     during_tar(monkeypatch, behind_tar(reading, lambda: (done / "late_file.txt").write_text("x")))
-    assert setup.attempt("run_behind") is Outcome.FAILED
+    assert setup.attempt("run_behind") is AttemptOutcome.FAILED
     setup.assert_counted_failure(
         "run_behind", f"directory 'run_behind/{done.name}' had entries added"
     )
@@ -255,12 +255,12 @@ def test_a_file_rewritten_after_tar_read_it_is_a_counted_failure(
     setup.schedule()
     with open(done / "small.txt", "r+b") as small:
         during_tar(monkeypatch, behind_tar(reading, lambda: os.pwrite(small.fileno(), b"S", 0)))
-        assert setup.attempt("run_rewritten") is Outcome.FAILED
+        assert setup.attempt("run_rewritten") is AttemptOutcome.FAILED
     setup.assert_counted_failure(
         "run_rewritten", f"file 'run_rewritten/{done.name}/small.txt' was modified"
     )
     # the folder holds still now: the next attempt archives the new content
-    assert setup.attempt("run_rewritten") is Outcome.ENCRYPTED
+    assert setup.attempt("run_rewritten") is AttemptOutcome.ENCRYPTED
     plaintext = plaintext_of(
         setup.ws.archives / "run_rewritten.tar.gpg", setup.ws.run_key("run_rewritten")
     )
@@ -282,7 +282,7 @@ def test_a_file_changed_after_tar_read_it_is_a_counted_failure(
 
     monkeypatch.setattr(pipeline_module, "wrap_key", wrap_key)
     setup.schedule()
-    assert setup.attempt("run_late_change") is Outcome.FAILED
+    assert setup.attempt("run_late_change") is AttemptOutcome.FAILED
     doc = setup.doc("run_late_change")
     assert "file 'run_late_change/RunInfo.xml' was modified" in doc["last_error"]
     setup.assert_nothing_published("run_late_change")
@@ -295,7 +295,7 @@ def test_a_folder_deleted_while_tar_reads_it_is_a_counted_failure(
     (run / "sub" / "other.txt").write_text("x\n")
     setup.schedule()
     during_tar(monkeypatch, lambda: shutil.rmtree(run))
-    assert setup.attempt("run_deleted") is Outcome.FAILED
+    assert setup.attempt("run_deleted") is AttemptOutcome.FAILED
     setup.assert_counted_failure("run_deleted", "run_deleted")
 
 
@@ -303,7 +303,7 @@ def test_a_quiet_folder_still_archives_with_every_member(setup: Setup) -> None:
     """The control case: the same shapes, unchanged, end encrypted and complete."""
     big_run(setup.ws, "run_quiet", "d1", "d2", size=1 << 20)
     setup.schedule()
-    assert setup.attempt("run_quiet") is Outcome.ENCRYPTED
+    assert setup.attempt("run_quiet") is AttemptOutcome.ENCRYPTED
     names = [
         m.name
         for m in tar_members(
@@ -334,4 +334,4 @@ def test_changes_in_excluded_folders_are_ignored(
 
     setup.schedule()
     during_tar(monkeypatch, demultiplexing)
-    assert setup.attempt("run_demux") is Outcome.ENCRYPTED
+    assert setup.attempt("run_demux") is AttemptOutcome.ENCRYPTED

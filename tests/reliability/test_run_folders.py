@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.restore import restore_archive
+from dfarchive.ops.restore import restore_archive
 from tests.gpg_fixtures import tree_snapshot
 from tests.reliability.support import (
     SENTINEL,

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive import attempt as attempt_module
-from dfarchive import pipeline
-from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.config import load_config
-from dfarchive.keys import resolve_recipient
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.archiving import pipeline
+from dfarchive.archiving.keys import resolve_recipient
+from dfarchive.coordination import attempt as attempt_module
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.store import NewRun, SqliteStore
+from dfarchive.service.config import load_config
 from tests.gpg_fixtures import GnupgHome
 from tests.reliability.support import (
     BIN,
@@ -176,7 +175,7 @@ def test_outputs_never_have_wider_modes_than_their_final_ones(
 
     monkeypatch.setattr(attempt_module, "archive_run", archive_run)
     monkeypatch.setattr(pipeline, "wrap_key", wrap_key)
-    settings = ArchiveSettings.from_config(load_config(ws.config()))
+    settings = load_config(ws.config()).archive_settings()
     recipient = resolve_recipient(keyring.fingerprint, gnupg_home=keyring.home)
     with SqliteStore(ws.state) as store:
         store.setup()
@@ -189,7 +188,7 @@ def test_outputs_never_have_wider_modes_than_their_final_ones(
             recipient=recipient,
             sequencing_path=ws.seq,
         )
-    assert outcome is Outcome.ENCRYPTED
+    assert outcome is AttemptOutcome.ENCRYPTED
     seen["archive"] = mode(ws.archives / "run_modes.tar.gpg")
     seen["key"] = mode(ws.keys / "run_modes.key.gpg")
     assert seen == {

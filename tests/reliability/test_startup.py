@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from dfarchive.attempt import Outcome, attempt_run
-from dfarchive.config import load_config
+from dfarchive.archiving.keys import resolve_recipient
+from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
+from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import ConfigError
-from dfarchive.keys import resolve_recipient
-from dfarchive.pipeline import ArchiveSettings
-from dfarchive.store import NewRun, SqliteStore
+from dfarchive.service.config import load_config
 from tests.gpg_fixtures import GnupgHome
 from tests.reliability.support import Finished, Workspace, new_gnupg_home, stop_agent
 
@@ -283,7 +282,7 @@ def test_a_destination_turning_read_only_mid_life_is_a_counted_failure(
 ) -> None:
     monkeypatch.setenv("GNUPGHOME", ws.home.home)
     run = ws.make_run("seqA", "run_ro")
-    settings = ArchiveSettings.from_config(load_config(ws.config()))
+    settings = load_config(ws.config()).archive_settings()
     recipient = resolve_recipient(ws.home.fingerprint, gnupg_home=ws.home.home)
     with SqliteStore(ws.state) as store:
         store.setup()
@@ -298,7 +297,7 @@ def test_a_destination_turning_read_only_mid_life_is_a_counted_failure(
                 sequencing_path=ws.seq,
             )
         doc = store.get("run_ro")
-    assert outcome is Outcome.FAILED
+    assert outcome is AttemptOutcome.FAILED
     assert (doc["status"], doc["failure_count"]) == ("pending", 1)
     assert f"output directory {ws.archives} is not writable" in doc["last_error"]
     assert list(ws.archives.iterdir()) == [] and list(ws.keys.iterdir()) == []
@@ -349,9 +348,9 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
     """Every run used to burn its attempts on RecipientError. Now: released uncounted
     with last_error, one CRITICAL line, no claims while the key is missing (checked
     every scan_interval), archived once the key is imported again."""
-    from dfarchive import keys
-    from dfarchive.localrun import LocalArchiver
-    from dfarchive.startup import prepare
+    from dfarchive.archiving import keys
+    from dfarchive.service.localloop import LocalArchiver
+    from dfarchive.service.startup import prepare
 
     worker = GnupgHome(home=str(tmp_path_factory.mktemp("wk")), fingerprint=keyring.fingerprint)
     Path(worker.home).chmod(0o700)
