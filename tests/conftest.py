@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.deployment import Deployment
+from tests.support.deployment import Deployment
 
 pytest_plugins = [
     name
-    for name in ("tests.gpg_fixtures", "tests.couchdb_fixtures", "tests.amqp")
+    for name in ("tests.support.gpg", "tests.support.couchdb", "tests.support.amqp")
     if importlib.util.find_spec(name) is not None
 ]
 
@@ -21,7 +21,7 @@ pytest_plugins = [
 def deployment(
     tmp_path, couchdb_server, couchdb_database, amqp_url, queue_name, gnupg_home
 ) -> Iterator[Callable[..., Deployment]]:
-    """Make a :class:`tests.deployment.Deployment` (its processes stopped at the end)."""
+    """Make a :class:`tests.support.deployment.Deployment` (its processes stopped at the end)."""
     made: list[Deployment] = []
 
     def make(**extra: Any) -> Deployment:

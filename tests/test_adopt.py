@@ -1,5 +1,5 @@
 """Adopting the original tool's archives and keys, and removing its crash leftovers:
-archives made by stock gpg and tar exactly as the original runs them (tests.legacy_tool),
+archives made by stock gpg and tar exactly as the original runs them (tests.support.legacy_tool),
 a legacy CouchDB database on the CouchDB-compatible test server."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dfarchive.ops.adopt import (
     key_file_recipients,
     recipient_key_ids,
 )
-from tests.gpg_fixtures import GnupgHome, build_run_folder
-from tests.legacy_tool import (
+from tests.support.gpg import GnupgHome, build_run_folder
+from tests.support.legacy_tool import (
     NEWLINE_KEY,
     NUL_KEY,
     WHOLE_KEY,

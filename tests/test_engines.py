@@ -17,7 +17,7 @@ from dfarchive.archiving.engines import ENGINE_NAMES, get_engine
 from dfarchive.archiving.keys import new_run_key, resolve_recipient, wrap_key
 from dfarchive.archiving.validate import validate_archive
 from dfarchive.errors import Cancelled, ToolError
-from tests.gpg_fixtures import (
+from tests.support.gpg import (
     children_of,
     encrypt_to_file,
     extract,

@@ -17,9 +17,9 @@ import requests
 import yaml
 
 from dfarchive.coordination.runstate import parse_timestamp
-from tests.amqp import message_count
-from tests.deployment import Deployment
-from tests.legacy_tool import archive_like_the_original, legacy_document
+from tests.support.amqp import message_count
+from tests.support.deployment import Deployment
+from tests.support.legacy_tool import archive_like_the_original, legacy_document
 
 SMALL_RUNS = 30
 BIG_RUNS = 3

@@ -18,7 +18,7 @@ from dfarchive.archiving.keys import (
 )
 from dfarchive.errors import CryptoError, KeyFileError, RecipientError
 from dfarchive.openpgp import decrypt_bytes
-from tests.gpg_fixtures import GnupgHome
+from tests.support.gpg import GnupgHome
 
 
 def subkey_ids(home: GnupgHome, fingerprint: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Taking over a live facility from the original ``dataflow_archive`` tool.
 
 A facility exactly as the original leaves it: archives made by stock gpg and tar as it
-runs them (tests.legacy_tool; keys cut short by gpg at an early newline or NUL among
+runs them (tests.support.legacy_tool; keys cut short by gpg at an early newline or NUL among
 them), its document schema and nothing more, its own ``_design/lookup`` with its own
 ``runfolder_id`` view, runs ``encrypted``, ``pending``, ``failed``, ``processing`` by
 another host two hours ago and days ago (that one crashed: a partial archive and its
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gpg_fixtures import TEST_UID, GnupgHome, build_run_folder
-from tests.legacy_tool import (
+from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
+from tests.support.legacy_tool import (
     NEWLINE_KEY,
     NUL_KEY,
     WHOLE_KEY,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpg_fixtures import tree_snapshot
+from tests.support.gpg import tree_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -45,7 +45,7 @@ from dfarchive.ops.restore import (
     member_parts,
     restore_archive,
 )
-from tests.gpg_fixtures import TEST_UID, GnupgHome, build_run_folder
+from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
 
 RUN_ID = "231114_A00123_0042_AHXXXXXXX"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -77,7 +77,7 @@ class ArchivedRun:
 
 
 def make_gnupg_home(base: Path) -> GnupgHome:
-    """A GNUPGHOME with a fresh recipient key (see tests.gpg_fixtures)."""
+    """A GNUPGHOME with a fresh recipient key (see tests.support.gpg)."""
     home = base / "gpg"
     home.mkdir(mode=0o700)
     fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)

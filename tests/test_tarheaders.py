@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dfarchive.archiving.tarheaders import BLOCK, TarHeaderWalker, TarSummary
 from dfarchive.errors import ValidationError
-from tests.gpg_fixtures import tar_by_hand
+from tests.support.gpg import tar_by_hand
 
 
 def names_digest(names: list[bytes]) -> str:

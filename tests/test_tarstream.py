@@ -14,7 +14,7 @@ import pytest
 
 from dfarchive.archiving.tarstream import TarStream, tar_command
 from dfarchive.errors import Cancelled, ToolError
-from tests.gpg_fixtures import tar_by_hand
+from tests.support.gpg import tar_by_hand
 
 EXCLUSIONS = ["Demultiplex*", "demux_*"]
 

@@ -19,7 +19,7 @@ from dfarchive.errors import Cancelled, ValidationError
 from dfarchive.openpgp import encrypt_bytes
 from dfarchive.plumbing.directio import open_direct
 from dfarchive.plumbing.writeprogress import WriteProgress
-from tests.gpg_fixtures import build_run_folder, encrypt_to_file, stock_decrypt
+from tests.support.gpg import build_run_folder, encrypt_to_file, stock_decrypt
 
 KEY = new_run_key()
 

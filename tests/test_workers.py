@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.amqp import message_count
-from tests.deployment import Deployment
+from tests.support.amqp import message_count
+from tests.support.deployment import Deployment
 
 BIN = Path(sys.executable).parent
 

@@ -25,12 +25,11 @@ from typing import Any
 
 import pytest
 
-from tests.couchdb_fixtures import NodeCouchServer
-from tests.gpg_fixtures import GnupgHome
-
-from .netns import Network, can_build_networks, leftovers
-from .relay import TcpRelay
-from .support import AMQP_PORT, RECOVERIES, Cluster, seconds_text
+from tests.support.cluster import AMQP_PORT, RECOVERIES, Cluster, seconds_text
+from tests.support.couchdb import NodeCouchServer
+from tests.support.gpg import GnupgHome
+from tests.support.netns import Network, can_build_networks, leftovers
+from tests.support.relay import TcpRelay
 
 _networks = itertools.count()
 

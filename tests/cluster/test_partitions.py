@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from .netns import can_build_networks
-from .support import Cluster, Recovery, parse_time, poll, record_recovery
+from tests.support.cluster import Cluster, Recovery, parse_time, poll, record_recovery
+from tests.support.netns import can_build_networks
 
 pytestmark = pytest.mark.skipif(
     can_build_networks() is not None, reason=f"cluster tests {can_build_networks()}"

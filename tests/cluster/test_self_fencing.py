@@ -22,9 +22,8 @@ from dfarchive.coordination.store.base import NewRun
 from dfarchive.coordination.store.couchdb import CouchStore
 from dfarchive.errors import StoreUnavailable
 from dfarchive.plumbing import timeouts
-
-from .relay import TcpRelay
-from .support import make_run, parse_time, poll, slow_tar
+from tests.support.cluster import make_run, parse_time, poll, slow_tar
+from tests.support.relay import TcpRelay
 
 LEASE = 5.0
 

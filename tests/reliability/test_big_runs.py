@@ -21,8 +21,8 @@ from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.ops.restore import restore_archive
-from tests.gpg_fixtures import GnupgHome
-from tests.reliability.support import SENTINEL, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome
+from tests.support.workspace import SENTINEL, new_gnupg_home, stop_agent
 
 SHM = Path("/dev/shm")
 SMALL_FILES, PER_DIRECTORY = 100_000, 1_000

@@ -23,8 +23,8 @@ import pytest
 from dfarchive.service.config import load_config
 from dfarchive.service.scheduler import schedule_pass
 from dfarchive.service.stores import open_store
-from tests.gpg_fixtures import GnupgHome
-from tests.reliability.support import Finished, Workspace, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome
+from tests.support.workspace import Finished, Workspace, new_gnupg_home, stop_agent
 
 pytestmark = pytest.mark.timeout(150)
 

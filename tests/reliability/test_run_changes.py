@@ -22,7 +22,7 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import SqliteStore
 from dfarchive.service.config import Config, load_config
 from dfarchive.service.scheduler import schedule_pass
-from tests.reliability.support import (
+from tests.support.workspace import (
     SENTINEL,
     Workspace,
     descendants,

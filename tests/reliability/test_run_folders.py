@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from dfarchive.ops.restore import restore_archive
-from tests.gpg_fixtures import tree_snapshot
-from tests.reliability.support import (
+from tests.support.gpg import tree_snapshot
+from tests.support.workspace import (
     SENTINEL,
     Finished,
     Workspace,

@@ -28,8 +28,8 @@ from dfarchive.coordination import attempt as attempt_module
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.service.config import load_config
-from tests.gpg_fixtures import GnupgHome
-from tests.reliability.support import (
+from tests.support.gpg import GnupgHome
+from tests.support.workspace import (
     BIN,
     ProcessSampler,
     Workspace,

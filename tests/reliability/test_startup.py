@@ -27,8 +27,8 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import ConfigError
 from dfarchive.service.config import load_config
-from tests.gpg_fixtures import GnupgHome
-from tests.reliability.support import Finished, Workspace, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome
+from tests.support.workspace import Finished, Workspace, new_gnupg_home, stop_agent
 
 pytestmark = pytest.mark.timeout(90)
 

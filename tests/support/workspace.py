@@ -22,7 +22,7 @@ import yaml
 from dfarchive.archiving import keys
 from dfarchive.coordination.store import SqliteStore
 from dfarchive.openpgp import decrypt
-from tests.gpg_fixtures import TEST_UID, GnupgHome
+from tests.support.gpg import TEST_UID, GnupgHome
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"

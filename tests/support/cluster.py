@@ -18,12 +18,11 @@ from typing import Any
 
 import yaml
 
-from tests.amqp import message_count
-from tests.couchdb_fixtures import NodeCouchServer
-from tests.gpg_fixtures import GnupgHome, extract, stock_decrypt
-
-from .netns import Network
-from .relay import TcpRelay
+from tests.support.amqp import message_count
+from tests.support.couchdb import NodeCouchServer
+from tests.support.gpg import GnupgHome, extract, stock_decrypt
+from tests.support.netns import Network
+from tests.support.relay import TcpRelay
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"

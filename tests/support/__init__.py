@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: servers, keyrings, workspaces, the original tool, clusters."""
