@@ -31,20 +31,16 @@ import pytest
 from dfarchive.archiving import keys
 from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
 from dfarchive.cli.dfarchive import main
-from dfarchive.errors import KeyFileError
-from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
-from dfarchive.ops.restore import (
-    TEMP_PREFIX,
+from dfarchive.errors import (
     DestinationExists,
+    KeyFileError,
     RestoreError,
     RestoreIntegrityError,
-    SafeExtractor,
-    TarExtraction,
     UnsafeMember,
-    extract_stream,
-    member_parts,
-    restore_archive,
 )
+from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
+from dfarchive.ops.restore import TEMP_PREFIX, restore_archive
+from dfarchive.ops.safeextract import SafeExtractor, TarExtraction, extract_stream, member_parts
 from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
 
 RUN_ID = "231114_A00123_0042_AHXXXXXXX"
