@@ -40,7 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfarchive.archiving.engines.base import EncryptResult
-from dfarchive.archiving.gpgcli import status_keywords, symmetric_decrypt_command
+from dfarchive.archiving.gpgcli import (
+    GPG_EXIT_TIMEOUT,
+    status_keywords,
+    symmetric_decrypt_command,
+)
 from dfarchive.archiving.tarheaders import TarHeaderWalker
 from dfarchive.errors import Cancelled, CryptoError, ValidationError
 from dfarchive.openpgp import decrypt
@@ -61,9 +65,6 @@ VALIDATION_METHODS = ("inprocess", "gpg")
 
 READ_SIZE = 4 << 20
 """Bytes read from the archive per step (a multiple of ``DIRECT_ALIGNMENT``)."""
-
-GPG_EXIT_TIMEOUT = 60.0
-"""Seconds gpg may take to exit once its output ended."""
 
 GPG_REQUIRED_STATUS = frozenset({"DECRYPTION_OKAY", "GOODMDC", "END_DECRYPTION"})
 GPG_FATAL_STATUS = frozenset({"BADMDC", "DECRYPTION_FAILED", "NO_SECKEY", "ERROR", "FAILURE"})

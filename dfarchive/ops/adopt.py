@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dfarchive.archiving.gpgcli import END_OF_OPTIONS, LIST_KEYS
 from dfarchive.archiving.keys import (
-    END_OF_OPTIONS,
-    LIST_KEYS,
     Recipient,
     _parse_colons,
     _run_gpg,

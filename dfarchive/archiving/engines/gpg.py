@@ -20,14 +20,11 @@ from pathlib import Path
 from dfarchive.archiving.engines.base import EncryptResult
 from dfarchive.archiving.engines.meter import PlaintextMeter
 from dfarchive.archiving.engines.output import ArchiveOutput
-from dfarchive.archiving.gpgcli import symmetric_encrypt_command
+from dfarchive.archiving.gpgcli import GPG_EXIT_TIMEOUT, symmetric_encrypt_command
 from dfarchive.archiving.tarstream import TarStream
 from dfarchive.errors import ToolError
 from dfarchive.plumbing.childproc import Child, pump, secret_pipe
 from dfarchive.plumbing.writeprogress import WriteProgress
-
-GPG_EXIT_TIMEOUT = 60.0
-"""Seconds gpg may take to exit once its output reached end of file."""
 
 
 class GpgEngine:
