@@ -1,9 +1,9 @@
 """Block ciphers by OpenPGP id, and OpenPGP CFB mode (RFC 4880 13.9, no resync) streaming.
 
 How fast OpenSSL's own CFB runs depends on the build: OpenSSL 3.0 runs it one block
-at a time both ways (770 MB/s for AES-256 on the benchmark machine, where CBC encrypts
-at 1.1 GB/s and decrypts at 8.7), while the OpenSSL 4 in ``cryptography``'s wheels
-encrypts as fast as CBC and decrypts at over 30 GB/s. So for AES each direction is
+at a time both ways (slower than CBC, much slower than CBC decryption), while the
+OpenSSL 4 in ``cryptography``'s wheels encrypts as fast as CBC and decrypts faster
+still (figures in ``benchmarks/results``). So for AES each direction is
 measured once per process (:func:`_native_is_faster`) and the faster of OpenSSL's CFB
 and the construction below is used; the other ciphers (read only, from old gpg
 messages) always use the construction.

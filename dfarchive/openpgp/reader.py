@@ -38,8 +38,8 @@ from dfarchive.plumbing.threadhash import ThreadedHash
 DEFAULT_READ_SIZE = 1 << 22
 PIECE_SIZE = 1 << 20
 """Largest piece decrypted, hashed and handed on at once, whatever ``read_size``: pieces
-that stay in the CPU caches between decryption, hashing and the sink read about 50%
-faster here than 4 MiB ones."""
+that stay in the CPU caches between decryption, hashing and the sink are read faster
+than larger ones (``benchmarks/results``)."""
 MAX_SESSION_PACKET = 1 << 16
 """Largest SKESK/PKESK/marker body accepted (real ones are well under 1 KiB)."""
 MAX_SESSION_PACKETS = 16

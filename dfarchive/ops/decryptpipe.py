@@ -28,8 +28,8 @@ READ_SIZE = 4 << 20
 """Bytes read from the archive per step."""
 PIECES_IN_FLIGHT = 16
 """Decrypted pieces (of up to ``PIECE_SIZE``) handed over to extraction at a time: room
-for decryption to run ahead while many small files are created (4, 16, 32 alternated on
-an 800 MB run: 16 was 5% faster than 4, 32 no faster than 4)."""
+for decryption to run ahead while many small files are created (fewer were slower, more
+no faster: ``benchmarks/results``)."""
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Decryption:
     The SHA-256 is taken on this thread, after a piece is handed over: it waits for the
     extracting thread most of the time (creating files is most of a restore's work), and
     a hash on a helper of its own made the extracting thread wait for that helper
-    whenever the machine was busy (a restore took twice as long at load 4 on 2 cores).
+    whenever the machine was busy.
     """
 
     def __init__(self, source: BinaryIO, passphrase: bytes, *, where: str) -> None:

@@ -7,9 +7,9 @@ encryption. Memory stays at ``BLOCKS`` blocks.
 When the file descriptor is open with ``O_DIRECT`` (:mod:`dfarchive.plumbing.directio`), blocks go
 from these buffers to the device without passing through the page cache. On virtual
 machines that give freed memory back to their host, filling fresh page-cache pages
-costs 1.5-2 CPU-seconds per GiB of kernel time, about as much as the AES encryption
-itself; a direct write costs a few hundredths of that (``benchmarks/README.md``). It
-also keeps archiving terabytes from evicting everything else from the cache. Direct
+costs about as much kernel time as the AES encryption itself, and a direct write a
+small fraction of that (figures in ``benchmarks/results``). It also keeps archiving
+terabytes from evicting everything else from the cache. Direct
 writes need aligned offsets and lengths: every block but the last is full, and the
 last block's aligned part is written directly before ``O_DIRECT`` is turned off for
 the unaligned tail. A filesystem that accepts the flag but refuses a direct write
