@@ -36,6 +36,7 @@ from typing import BinaryIO, Literal, NoReturn
 
 from dfarchive.archiving.tarheaders import BLOCK, MAX_META_SIZE
 from dfarchive.errors import RestoreError, UnsafeMember
+from dfarchive.plumbing.childproc import write_all
 
 log = logging.getLogger(__name__)
 
@@ -514,8 +515,7 @@ class _MemberFile:
     def write(self, data: memoryview) -> None:
         """Append ``data``. Raises RestoreError naming the member."""
         try:
-            while data:
-                data = data[os.write(self.fd, data) :]
+            write_all(self.fd, data)
         except OSError as error:
             raise _member_error(self.member, error) from None
 

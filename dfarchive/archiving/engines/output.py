@@ -32,6 +32,7 @@ import queue
 import threading
 from types import TracebackType
 
+from dfarchive.plumbing.childproc import write_all
 from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, clear_direct
 from dfarchive.plumbing.writeprogress import WriteProgress
 
@@ -163,22 +164,24 @@ class ArchiveOutput:
             self._free.put(block)
 
     def _write(self, view: memoryview) -> None:
+        """Write all of ``view``: at most one direct write, then :func:`write_all` for
+        what is left once ``O_DIRECT`` is off."""
         if self._direct and len(view) % DIRECT_ALIGNMENT:
             aligned = len(view) - len(view) % DIRECT_ALIGNMENT
             self._write(view[:aligned])
             self._stop_direct()
             view = view[aligned:]
-        while view:
+        if self._direct and view:
             try:
                 n = os.write(self._fd, view)
             except OSError as error:
-                if error.errno != errno.EINVAL or not self._direct:
+                if error.errno != errno.EINVAL:
                     raise
-                self._stop_direct()  # the filesystem accepted O_DIRECT but refuses it
-                continue
+                n = 0  # the filesystem accepted O_DIRECT but refuses it
             if n < len(view):
-                self._stop_direct()  # the next offset is no longer aligned
+                self._stop_direct()  # refused, or the next offset is no longer aligned
             view = view[n:]
+        write_all(self._fd, view)
 
     def _stop_direct(self) -> None:
         if self._direct:
