@@ -34,7 +34,6 @@ import hashlib
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from dfarchive.archiving.gpgcli import (
     status_keywords,
     symmetric_decrypt_command,
 )
-from dfarchive.archiving.tarheaders import TarHeaderWalker
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.errors import Cancelled, CryptoError, ValidationError
 from dfarchive.openpgp import decrypt
 from dfarchive.plumbing.childproc import (
@@ -280,7 +279,7 @@ def _check(found: _ReadBack, expected: EncryptResult) -> str:
         raise ValidationError(
             f"{where}: decrypts to {plaintext.size} bytes, {expected.plaintext_size} were archived"
         )
-    summary = plaintext.index.summary()
+    summary = plaintext.summary()
     if not summary.end_of_archive:
         raise ValidationError(f"{where}: decrypted tar stream has no end-of-archive marker")
     if (summary.members, summary.members_sha256) != (expected.members, expected.members_sha256):
@@ -292,26 +291,20 @@ def _check(found: _ReadBack, expected: EncryptResult) -> str:
     return found.sha256
 
 
-class _PlaintextCheck:
-    """Counts the decrypted bytes and walks their tar headers; reports the count on the
-    first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
+class _PlaintextCheck(TarStreamTally):
+    """Tallies the decrypted stream (no SHA-256: the MDC vouches for it); reports the
+    count on the first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
 
     def __init__(self, where: str, progress: Progress | None = None) -> None:
+        super().__init__(progress=progress, interval=PROGRESS_INTERVAL)
         self.where = where
-        self.size = 0
-        self.index = TarHeaderWalker()
-        self._progress = progress
-        self._next_report = 0.0
 
     def __call__(self, chunk: bytes | memoryview) -> None:
-        self.size += len(chunk)
         try:
-            self.index.feed(chunk)
+            self.feed(chunk)
         except ValidationError as exc:
             raise ValidationError(f"{self.where}: decrypted tar stream: {exc}") from None
-        if self._progress is not None and time.monotonic() >= self._next_report:
-            self._next_report = time.monotonic() + PROGRESS_INTERVAL
-            self._progress(self.size)
+        self.report()
 
 
 def _decrypt_in_process(

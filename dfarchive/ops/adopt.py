@@ -38,13 +38,14 @@ from dfarchive.archiving.keys import (
     gpg_passphrase,
 )
 from dfarchive.archiving.pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.coordination.scan import run_id_problem
 from dfarchive.errors import CryptoError, DfArchiveError, IntegrityError
 from dfarchive.openpgp import decrypt
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.s2k import S2K
 from dfarchive.openpgp.streams import BodyStream, Buffered, FileStream, read_header, read_small_body
-from dfarchive.ops.verify import READ_SIZE, _HashingReader, _Plaintext
+from dfarchive.ops.verify import READ_SIZE, _HashingReader
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +208,19 @@ def _checked(path: Path, check: Callable[[], object]) -> None:
 
 
 def _decrypted(path: Path, reader: _HashingReader, passphrase: bytes) -> dict[str, Any]:
-    plaintext = _Plaintext()
+    plaintext = TarStreamTally(sha256=True, keep_going=True)
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE)  # type: ignore[arg-type]
+        decrypt(reader, passphrase, plaintext.feed, read_size=READ_SIZE)  # type: ignore[arg-type]
     except CryptoError as error:
         raise AdoptionError(f"archive {path} does not decrypt with its key: {error}") from None
-    summary = plaintext.index.summary()
-    if plaintext.tar_error is not None:
-        raise AdoptionError(f"archive {path}: the tar stream is corrupt: {plaintext.tar_error}")
+    summary = plaintext.summary()
+    if plaintext.error is not None:
+        raise AdoptionError(f"archive {path}: the tar stream is corrupt: {plaintext.error}")
     if not summary.end_of_archive:
         raise AdoptionError(f"archive {path}: the tar stream has no end-of-archive marker")
     return {
         "plaintext_size": plaintext.size,
-        "plaintext_sha256": plaintext.sha256.hexdigest(),
+        "plaintext_sha256": plaintext.hexdigest(),
         "members": summary.members,
         "members_sha256": summary.members_sha256,
         "validated_with": "inprocess",

@@ -7,13 +7,12 @@ thread that extracts it (:mod:`dfarchive.ops.restore`).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from dfarchive.archiving.tarheaders import TarHeaderWalker
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.errors import (
     Cancelled,
     CryptoError,
@@ -110,9 +109,7 @@ class Decryption:
 
     def __init__(self, source: BinaryIO, passphrase: bytes, *, where: str) -> None:
         self.where = where
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self.index = TarHeaderWalker()
+        self.plaintext = TarStreamTally(sha256=True)  # hashed on this thread, see above
         self.pieces = _Pieces(PIECES_IN_FLIGHT, PIECE_SIZE)
         self.error: Exception | None = None
         self._source = source
@@ -140,9 +137,7 @@ class Decryption:
         view = memoryview(chunk).cast("B")
         while view:
             copy = self.pieces.put(view[:PIECE_SIZE])
-            self.size += len(copy)
-            self.sha256.update(copy)
-            self.index.feed(copy)
+            self.plaintext.feed(copy)
             view = view[PIECE_SIZE:]
 
     def stop(self) -> None:

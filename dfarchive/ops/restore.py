@@ -165,7 +165,7 @@ def _extract_verified(
         raise
     finally:
         tar.close()
-    summary = decryption.index.summary()
+    summary = decryption.plaintext.summary()
     if not summary.end_of_archive or summary.members != tar.members:
         raise RestoreError(
             f"{where}: the tar stream is incomplete or unreadable after "
@@ -173,7 +173,9 @@ def _extract_verified(
             f"end-of-archive marker {'seen' if summary.end_of_archive else 'missing'})"
         )
     return _Plaintext(
-        size=decryption.size, sha256=decryption.sha256.hexdigest(), members=tar.members
+        size=decryption.plaintext.size,
+        sha256=decryption.plaintext.hexdigest(),
+        members=tar.members,
     )
 
 
