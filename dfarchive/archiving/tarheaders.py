@@ -10,17 +10,14 @@ name the stream mentions (members, and the targets of hard links, which name ear
 members), so that the archive can be checked to hold exactly the run folder.
 
 A :class:`TarStreamTally` is the walker with what every reader of a plaintext tar
-stream also takes of it: its length, its SHA-256 if asked, and throttled progress
-reports. The archiving engines tally the plaintext on its way into the encryptor;
-validation, verification and restore tally the decrypted stream; the summaries must
-be equal.
+stream also takes of it: its length and, if asked, its SHA-256. The archiving engines
+tally the plaintext on its way into the encryptor; validation, verification and
+restore tally the decrypted stream; the summaries must be equal.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dfarchive.errors import ValidationError
@@ -250,12 +247,10 @@ class TarHeaderWalker:
 
 class TarStreamTally:
     """Length, SHA-256 (with ``sha256``) and :class:`TarHeaderWalker` of a tar stream fed
-    in chunks, with throttled progress.
+    in chunks.
 
     ``threaded`` hashes on a helper thread (see
     :class:`~dfarchive.plumbing.threadhash.ThreadedHash`; :meth:`close` it then).
-    ``progress`` is called by :meth:`report` with the bytes so far: on the first call,
-    then at most once every ``interval`` seconds, and always when ``final``.
 
     With ``keep_going``, a corrupt header does not raise: it is kept in :attr:`error`,
     and the walk stops there while counting and hashing go on.
@@ -266,8 +261,6 @@ class TarStreamTally:
         *,
         sha256: bool = False,
         threaded: bool = False,
-        progress: Callable[[int], None] | None = None,
-        interval: float = 1.0,
         keep_going: bool = False,
     ) -> None:
         self.size = 0
@@ -276,9 +269,6 @@ class TarStreamTally:
         self.error: ValidationError | None = None
         """The corrupt header that stopped the walk, if one did."""
         self._sha256 = ThreadedHash("sha256", threaded=threaded) if sha256 else None
-        self._progress = progress
-        self._interval = interval
-        self._next_report = 0.0  # the first chunk is reported at once
         self._keep_going = keep_going
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> Ticket:
@@ -300,16 +290,6 @@ class TarStreamTally:
                 if not self._keep_going:
                     raise
         return ticket
-
-    def report(self, *, final: bool = False) -> None:
-        """Call ``progress`` with the bytes so far, if it is time to."""
-        if self._progress is None:
-            return
-        if final:
-            self._progress(self.size)
-        elif time.monotonic() >= self._next_report:
-            self._next_report = time.monotonic() + self._interval
-            self._progress(self.size)
 
     def summary(self) -> TarSummary:
         """The walker's summary of everything fed so far."""

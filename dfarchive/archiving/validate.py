@@ -34,6 +34,7 @@ import hashlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,15 +297,19 @@ class _PlaintextCheck(TarStreamTally):
     count on the first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
 
     def __init__(self, where: str, progress: Progress | None = None) -> None:
-        super().__init__(progress=progress, interval=PROGRESS_INTERVAL)
+        super().__init__()
         self.where = where
+        self._progress = progress
+        self._next_report = 0.0
 
     def __call__(self, chunk: bytes | memoryview) -> None:
         try:
             self.feed(chunk)
         except ValidationError as exc:
             raise ValidationError(f"{self.where}: decrypted tar stream: {exc}") from None
-        self.report()
+        if self._progress is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + PROGRESS_INTERVAL
+            self._progress(self.size)
 
 
 def _decrypt_in_process(

@@ -7,6 +7,7 @@ as it writes it.)
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from dfarchive.archiving.tarheaders import TarStreamTally, TarSummary
@@ -37,10 +38,10 @@ class PlaintextMeter:
         threaded: bool = False,
     ) -> None:
         self.what = what  # names the run in error messages
-        self._tally = TarStreamTally(
-            sha256=True, threaded=threaded, progress=progress, interval=PROGRESS_INTERVAL
-        )
+        self._tally = TarStreamTally(sha256=True, threaded=threaded)
         self._index = self._tally.walker
+        self._progress = progress
+        self._next_report = 0.0  # the first chunk is reported at once
 
     def update(self, chunk: bytes | memoryview) -> Ticket:
         """Account for the next chunk of the tar stream.
@@ -61,7 +62,9 @@ class PlaintextMeter:
                 f"{self.what}: {name!r} is a device file; device files are not archived "
                 "(a restore refuses them): remove it or add it to tar_exclusions"
             )
-        self._tally.report()
+        if self._progress is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + PROGRESS_INTERVAL
+            self._progress(self.size)
         return ticket
 
     wait = staticmethod(ThreadedHash.wait)
@@ -87,7 +90,8 @@ class PlaintextMeter:
         Raises:
             ToolError: the stream ended without tar's end-of-archive marker.
         """
-        self._tally.report(final=True)
+        if self._progress is not None:
+            self._progress(self.size)
         summary = self._tally.summary()
         if not summary.end_of_archive:
             raise ToolError(f"{self.what}: tar output ended without the end-of-archive marker")
