@@ -23,6 +23,7 @@ on directories, where set-group-ID means "inherit the group").
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import io
 import logging
@@ -273,19 +274,14 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
 
 
 @cache
-def _uid(name: str, fallback: int) -> int:
-    try:
-        return pwd.getpwnam(name).pw_uid if name else fallback
-    except KeyError:
-        return fallback
-
-
-@cache
-def _gid(name: str, fallback: int) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid if name else fallback
-    except KeyError:
-        return fallback
+def _owner(uname: str, uid: int, gname: str, gid: int) -> tuple[int, int]:
+    """The local uid and gid of a member's owner and group names (its numeric ids for
+    a name that is empty or unknown here)."""
+    with contextlib.suppress(KeyError):
+        uid = pwd.getpwnam(uname).pw_uid if uname else uid
+    with contextlib.suppress(KeyError):
+        gid = grp.getgrnam(gname).gr_gid if gname else gid
+    return uid, gid
 
 
 class SafeExtractor:
@@ -464,7 +460,7 @@ class SafeExtractor:
     def _set_owner(self, target: int | bytes, member: tarfile.TarInfo) -> None:
         if not self.preserve_owner:
             return
-        uid, gid = _uid(member.uname, member.uid), _gid(member.gname, member.gid)
+        uid, gid = _owner(member.uname, member.uid, member.gname, member.gid)
         try:
             if isinstance(target, int):
                 os.fchown(target, uid, gid)

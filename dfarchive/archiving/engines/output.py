@@ -30,9 +30,9 @@ import mmap
 import os
 import queue
 import threading
-from types import TracebackType
 
 from dfarchive.plumbing.childproc import write_all
+from dfarchive.plumbing.closeorabort import CloseOrAbort
 from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, clear_direct
 from dfarchive.plumbing.writeprogress import WriteProgress
 
@@ -43,7 +43,7 @@ BLOCKS = 3
 """Blocks in flight: one being filled, up to two queued for or in the writer thread."""
 
 
-class ArchiveOutput:
+class ArchiveOutput(CloseOrAbort):
     """Writes the bytes it is called with to ``out_fd``, counting them.
 
     Usable as the ``sink`` of :class:`~dfarchive.openpgp.SymmetricWriter` and as a
@@ -126,20 +126,6 @@ class ArchiveOutput:
             self._thread.join()
         if self._written is not None:
             self._written.fail()
-
-    def __enter__(self) -> ArchiveOutput:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # -- the writer thread ---------------------------------------------------------------
 
