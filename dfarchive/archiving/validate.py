@@ -247,6 +247,17 @@ class _ReadBack:
     plaintext: _PlaintextCheck
 
 
+@dataclass(frozen=True)
+class _Source:
+    """The archive being read back: its file descriptor and name, the event that stops
+    the reading, and the writer the reading trails (if it does)."""
+
+    fd: int
+    where: str
+    cancel: threading.Event | None
+    trail: WriteProgress | None
+
+
 def _check_method(method: str) -> None:
     if method not in VALIDATION_METHODS:
         raise ValueError(f"unknown validation method {method!r}")
@@ -265,7 +276,7 @@ def _read_back(
     it with ``method``."""
     plaintext = _PlaintextCheck(where, progress)
     decrypt_with = _decrypt_with_gpg if method == "gpg" else _decrypt_in_process
-    size, sha256 = decrypt_with(fd, passphrase, plaintext, where, cancel, trail)
+    size, sha256 = decrypt_with(_Source(fd, where, cancel, trail), passphrase, plaintext)
     return _ReadBack(where, size, sha256, plaintext)
 
 
@@ -313,14 +324,10 @@ class _PlaintextCheck(TarStreamTally):
 
 
 def _decrypt_in_process(
-    fd: int,
-    passphrase: bytes,
-    plaintext: _PlaintextCheck,
-    where: str,
-    cancel: threading.Event | None,
-    trail: WriteProgress | None,
+    source: _Source, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt the file behind ``fd`` into ``plaintext``; return its size and SHA-256."""
+    """Decrypt ``source`` into ``plaintext``; return its size and SHA-256."""
+    fd, where, cancel, trail = source.fd, source.where, source.cancel, source.trail
     with ReadAhead(
         fd, block_size=READ_SIZE, digest="sha256", cancel=cancel, trail=trail
     ) as archive:
@@ -334,15 +341,11 @@ def _decrypt_in_process(
 
 
 def _decrypt_with_gpg(
-    fd: int,
-    passphrase: bytes,
-    plaintext: _PlaintextCheck,
-    where: str,
-    cancel: threading.Event | None,
-    trail: WriteProgress | None,
+    source: _Source, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt the file behind ``fd`` with gpg into ``plaintext``; return its size and
-    SHA-256. With ``trail``, gpg is fed by a :class:`_TrailingPipe`."""
+    """Decrypt ``source`` with gpg into ``plaintext``; return its size and SHA-256.
+    When it trails a writer, gpg is fed by a :class:`_TrailingPipe`."""
+    fd, where, cancel, trail = source.fd, source.where, source.cancel, source.trail
     read_back = 0
     sha256 = hashlib.sha256()
 
