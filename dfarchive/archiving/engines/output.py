@@ -25,7 +25,6 @@ soon as a write fails or the output is aborted.
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import queue
@@ -33,7 +32,12 @@ import threading
 
 from dfarchive.plumbing.childproc import write_all
 from dfarchive.plumbing.closeorabort import CloseOrAbort
-from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, clear_direct
+from dfarchive.plumbing.directio import (
+    DIRECT_ALIGNMENT,
+    check_block_layout,
+    clear_direct,
+    is_direct,
+)
 from dfarchive.plumbing.writeprogress import WriteProgress
 
 BLOCK_SIZE = 4 << 20
@@ -65,12 +69,11 @@ class ArchiveOutput(CloseOrAbort):
         blocks: int = BLOCKS,
         written: WriteProgress | None = None,
     ) -> None:
-        if block_size % DIRECT_ALIGNMENT or blocks < 2:
-            raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
+        check_block_layout(block_size, blocks)
         self.size = 0
         self._fd = out_fd
         self._written = written
-        self._direct = bool(fcntl.fcntl(out_fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self._direct = is_direct(out_fd)
         self._error: BaseException | None = None
         self._dropping = False
         # anonymous mmaps are page-aligned, as direct I/O needs; bytearrays are not
