@@ -30,6 +30,7 @@ from dfarchive.openpgp.streams import (
     FileStream,
     InflateStream,
     grown,
+    next_header,
     read_header,
     read_small_body,
 )
@@ -194,11 +195,9 @@ def _read_session_keys(src: Buffered) -> tuple[p.PacketHeader, list[_SessionKey]
     unsupported: UnsupportedMessage | None = None
     seen = 0
     while True:
-        header = read_header(src)
-        if header is None:
-            raise IntegrityError(
-                "message truncated before the encrypted data" if seen else "empty input"
-            )
+        header = next_header(
+            src, "message truncated before the encrypted data" if seen else "empty input"
+        )
         if header.tag == p.TAG_SEIPD:
             if not candidates:
                 raise unsupported or UnsupportedMessage("no passphrase-encrypted session key")

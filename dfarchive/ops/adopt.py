@@ -44,7 +44,14 @@ from dfarchive.errors import CryptoError, DfArchiveError, IntegrityError
 from dfarchive.openpgp import decrypt
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.s2k import S2K
-from dfarchive.openpgp.streams import BodyStream, Buffered, FileStream, read_header, read_small_body
+from dfarchive.openpgp.streams import (
+    BodyStream,
+    Buffered,
+    FileStream,
+    next_header,
+    read_header,
+    read_small_body,
+)
 from dfarchive.ops.verify import READ_SIZE, _HashingReader
 
 log = logging.getLogger(__name__)
@@ -110,11 +117,9 @@ def check_symmetric_message(source: BinaryIO, *, whole: bool = True) -> ArchiveS
     src = Buffered(FileStream(source, READ_SIZE, None), READ_SIZE)
     ciphers: list[int] = []
     while True:
-        header = read_header(src)
-        if header is None:
-            raise IntegrityError(
-                "truncated before the encrypted data" if ciphers else "empty file"
-            )
+        header = next_header(
+            src, "truncated before the encrypted data" if ciphers else "empty file"
+        )
         if header.tag == p.TAG_SKESK:
             ciphers.append(_parse_skesk(read_small_body(src, header, MAX_SESSION_PACKET)))
         elif header.tag == p.TAG_MARKER:
