@@ -10,6 +10,11 @@ destination, in one step. Any failure removes the work folder: a damaged or tamp
 archive never leaves a half-restored tree behind. A work folder left by a restore that
 was killed is removed by the next restore into the same destination (each restore holds
 a lock on its own, so one running beside it is never touched).
+
+The parts live apart: the decrypting thread and its hand-off buffers in
+:mod:`dfarchive.ops.decryptpipe`, the extraction and what it refuses in
+:mod:`dfarchive.ops.safeextract`; this module holds the work folder and the order of
+the steps.
 """
 
 from __future__ import annotations
