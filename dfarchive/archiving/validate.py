@@ -248,9 +248,9 @@ class _ReadBack:
 
 
 @dataclass(frozen=True)
-class _Source:
-    """The archive being read back: its file descriptor and name, the event that stops
-    the reading, and the writer the reading trails (if it does)."""
+class _Reading:
+    """Reading an archive back: its file descriptor and name, the event that stops the
+    reading, and the writer the reading trails (if it does)."""
 
     fd: int
     where: str
@@ -276,7 +276,7 @@ def _read_back(
     it with ``method``."""
     plaintext = _PlaintextCheck(where, progress)
     decrypt_with = _decrypt_with_gpg if method == "gpg" else _decrypt_in_process
-    size, sha256 = decrypt_with(_Source(fd, where, cancel, trail), passphrase, plaintext)
+    size, sha256 = decrypt_with(_Reading(fd, where, cancel, trail), passphrase, plaintext)
     return _ReadBack(where, size, sha256, plaintext)
 
 
@@ -324,10 +324,10 @@ class _PlaintextCheck(TarStreamTally):
 
 
 def _decrypt_in_process(
-    source: _Source, passphrase: bytes, plaintext: _PlaintextCheck
+    reading: _Reading, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt ``source`` into ``plaintext``; return its size and SHA-256."""
-    fd, where, cancel, trail = source.fd, source.where, source.cancel, source.trail
+    """Decrypt the archive into ``plaintext``; return its size and SHA-256."""
+    fd, where, cancel, trail = reading.fd, reading.where, reading.cancel, reading.trail
     with ReadAhead(
         fd, block_size=READ_SIZE, digest="sha256", cancel=cancel, trail=trail
     ) as archive:
@@ -341,11 +341,11 @@ def _decrypt_in_process(
 
 
 def _decrypt_with_gpg(
-    source: _Source, passphrase: bytes, plaintext: _PlaintextCheck
+    reading: _Reading, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt ``source`` with gpg into ``plaintext``; return its size and SHA-256.
+    """Decrypt the archive with gpg into ``plaintext``; return its size and SHA-256.
     When it trails a writer, gpg is fed by a :class:`_TrailingPipe`."""
-    fd, where, cancel, trail = source.fd, source.where, source.cancel, source.trail
+    fd, where, cancel, trail = reading.fd, reading.where, reading.cancel, reading.trail
     read_back = 0
     sha256 = hashlib.sha256()
 
