@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.ops.test_restore import tree
 from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
 from tests.support.legacy_tool import (
     NEWLINE_KEY,
@@ -36,7 +37,6 @@ from tests.support.legacy_tool import (
     legacy_document,
     legacy_timestamp,
 )
-from tests.test_restore import tree
 
 BIN = Path(sys.executable).parent
 ORIGINAL_FIELDS = ("_id", "path", "status", "worker_id", "failure_count", "created_at",

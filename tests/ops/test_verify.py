@@ -17,8 +17,8 @@ from dfarchive.errors import ToolError
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.ops.adopt import key_file_recipients
 from dfarchive.ops.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
-from tests.test_cli_dfarchive import add_run, write_config
-from tests.test_restore import (
+from tests.cli.test_dfarchive import add_run, write_config
+from tests.ops.test_restore import (
     LEGACY_KEYS,
     ArchivedRun,
     make_archived_run,

@@ -19,7 +19,7 @@ import yaml
 from dfarchive import __version__
 from dfarchive.coordination.runstate import STATUSES
 from dfarchive.coordination.store import NewRun, SqliteStore
-from tests.test_restore import (
+from tests.ops.test_restore import (
     ArchivedRun,
     make_archived_run,
     make_gnupg_home,

@@ -48,7 +48,7 @@ from dfarchive.ops.restore import (
 from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
 
 RUN_ID = "231114_A00123_0042_AHXXXXXXX"
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 # -- shared helpers (also used by test_verify and test_cli_dfarchive) -----------------
