@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.test_restore import tree
+from tests.support.archives import tree
 from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
 from tests.support.legacy_tool import (
     NEWLINE_KEY,

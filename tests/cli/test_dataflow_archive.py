@@ -13,48 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dfarchive.coordination.store import NewRun, SqliteStore
+from tests.support.localrun import documents, make_config, sparse_run
 
 BIN = Path(sys.executable).parent
-SENTINEL = ".metadata_rsync_exitcode"
-
-
-def make_config(tmp_path: Path, gnupg_home, **extra) -> Path:
-    for name in ("seq/seqA", "archives", "keys"):
-        (tmp_path / name).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "keys").chmod(0o700)
-    config = {
-        "statusdb": {"url": f"sqlite:{tmp_path / 'runs.sqlite3'}"},
-        "sequencing_path": str(tmp_path / "seq"),
-        "destination_path": str(tmp_path / "archives"),
-        "keys_path": str(tmp_path / "keys"),
-        "gpg_receiver": gnupg_home.fingerprint,
-        "scan_interval": 0.5,
-        "lease_seconds": 30,
-        **extra,
-    }
-    path = tmp_path / "df_archive.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def sparse_run(tmp_path: Path, name: str, size: int) -> Path:
-    """A run folder whose one big file is sparse: cheap to make, slow enough to archive."""
-    run = tmp_path / "seq" / "seqA" / name
-    run.mkdir(parents=True)
-    (run / "RunInfo.xml").write_text("<RunInfo/>")
-    with open(run / "big.cbcl", "wb") as f:
-        f.truncate(size)
-    (run / SENTINEL).write_text("0")
-    return run
-
-
-def documents(tmp_path: Path) -> dict[str, dict]:
-    with SqliteStore(tmp_path / "runs.sqlite3") as store:
-        store.setup()  # the file may exist before its table does
-        return {doc["_id"]: doc for doc in store.runs()}
 
 
 def start(config: Path, *args: str) -> subprocess.Popen:

@@ -27,7 +27,7 @@ from dfarchive.coordination.attempt import AttemptOutcome
 from dfarchive.coordination.lease import MAX_HEARTBEAT_INTERVAL, LeaseKeeper
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.coordination.store.base import Claim
-from tests.cli.test_dataflow_archive import documents, make_config, sparse_run
+from tests.support.localrun import documents, make_config, sparse_run
 
 BIN = Path(sys.executable).parent
 LINE = re.compile(r"^(\S+) +(\d+\.\d)% +(\d+\.\d|--\.-) MB/s +ETA (\d+:\d\d:\d\d|-:--:--) ")

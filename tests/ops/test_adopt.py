@@ -29,7 +29,8 @@ from dfarchive.ops.adopt import (
     key_file_recipients,
     recipient_key_ids,
 )
-from tests.ops.test_restore import run_cli, tree
+from tests.support.archives import tree
+from tests.support.cli import run_cli
 from tests.support.gpg import GnupgHome, build_run_folder
 from tests.support.legacy_tool import (
     NEWLINE_KEY,

@@ -17,17 +17,15 @@ from dfarchive.errors import ToolError
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.ops.adopt import key_file_recipients
 from dfarchive.ops.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
-from tests.cli.test_dfarchive import add_run, write_config
-from tests.ops.test_restore import (
+from tests.support.archives import (
     LEGACY_KEYS,
     ArchivedRun,
     make_archived_run,
-    make_gnupg_home,
     make_legacy_archive,
-    run_cli,
-    stop_gpg_agent,
     tree,
 )
+from tests.support.cli import add_run, run_cli, write_config
+from tests.support.gpg import make_gnupg_home, stop_gpg_agent
 
 
 @pytest.fixture(scope="module")

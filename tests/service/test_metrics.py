@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dfarchive.coordination.attempt import AttemptOutcome
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.service.metrics import ArchiveMetrics
-from tests.cli.test_dataflow_archive import documents, make_config, sparse_run
+from tests.support.localrun import documents, make_config, sparse_run
 
 BIN = Path(sys.executable).parent
 

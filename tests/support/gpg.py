@@ -88,6 +88,20 @@ def primary_fingerprint(colons: bytes) -> str:
     raise AssertionError(f"no fingerprint in {colons!r}")
 
 
+def make_gnupg_home(base: Path) -> GnupgHome:
+    """A GNUPGHOME ``base/gpg`` with a fresh recipient key."""
+    home = base / "gpg"
+    home.mkdir(mode=0o700)
+    fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)
+    return GnupgHome(home=str(home), fingerprint=fingerprint)
+
+
+def stop_gpg_agent(home: GnupgHome) -> None:
+    subprocess.run(
+        ["gpgconf", "--kill", "all"], env=home.env, check=False, capture_output=True, timeout=30
+    )
+
+
 @pytest.fixture
 def gnupg_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
