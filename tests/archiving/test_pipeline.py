@@ -11,7 +11,6 @@ import stat
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +33,7 @@ from dfarchive.errors import (
 from dfarchive.openpgp import decrypt
 from dfarchive.ops.restore import restore_archive
 from dfarchive.plumbing.writeprogress import WriteProgress
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -492,10 +492,10 @@ def assert_nothing_left(settings: ArchiveSettings, children_before: set[str], th
     assert list(settings.destination_path.iterdir()) == []
     assert list(settings.keys_path.iterdir()) == []
     assert child_pids() <= children_before
-    deadline = time.monotonic() + 30
-    while dfarchive_threads() - threads_before:
-        assert time.monotonic() < deadline, dfarchive_threads() - threads_before
-        time.sleep(0.05)  # polling the thread list with a deadline
+    wait_until(
+        lambda: not dfarchive_threads() - threads_before, 30, "the helper threads to end",
+        detail=lambda: dfarchive_threads() - threads_before,
+    )  # fmt: skip
 
 
 def big_sparse_run(tmp_path: Path) -> Path:

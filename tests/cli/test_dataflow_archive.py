@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from dfarchive.coordination.store import NewRun, SqliteStore
 from tests.support.localrun import documents, make_config, sparse_run
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -30,18 +30,17 @@ def start(config: Path, *args: str) -> subprocess.Popen:
 
 
 def wait_until_processing(tmp_path: Path, proc: subprocess.Popen, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def in_flight() -> bool:
         assert proc.poll() is None, proc.stdout.read()
-        if (tmp_path / "runs.sqlite3").exists():
-            docs = documents(tmp_path)
-            busy = [d for d in docs.values() if d["status"] == "processing"]
-            if len(busy) >= count and any(
-                p.name.endswith(".partial") for p in (tmp_path / "archives").iterdir()
-            ):
-                return
-        time.sleep(0.05)  # polling a file with a deadline, not a synchronisation sleep
-    raise AssertionError("runs never got in flight")
+        if not (tmp_path / "runs.sqlite3").exists():
+            return False
+        docs = documents(tmp_path)
+        busy = [d for d in docs.values() if d["status"] == "processing"]
+        return len(busy) >= count and any(
+            p.name.endswith(".partial") for p in (tmp_path / "archives").iterdir()
+        )
+
+    wait_until(in_flight, 60, "runs in flight")
 
 
 def read_until(proc: subprocess.Popen, text: str) -> str:

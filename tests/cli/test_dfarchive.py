@@ -21,7 +21,7 @@ from dfarchive.coordination.runstate import STATUSES
 from dfarchive.coordination.store import NewRun, SqliteStore
 from tests.support.archives import ArchivedRun, make_archived_run, tree
 from tests.support.cli import add_run, run_cli, write_config
-from tests.support.gpg import make_gnupg_home, stop_gpg_agent
+from tests.support.gpg import new_gnupg_home, stop_gpg_agent
 
 ORIGINAL_FIELDS = {
     "_id": str,
@@ -37,7 +37,7 @@ ORIGINAL_FIELDS = {
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     base = tmp_path_factory.mktemp("cli")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home)
     finally:

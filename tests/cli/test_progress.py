@@ -28,6 +28,7 @@ from dfarchive.coordination.lease import MAX_HEARTBEAT_INTERVAL, LeaseKeeper
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.coordination.store.base import Claim
 from tests.support.localrun import documents, make_config, sparse_run
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 LINE = re.compile(r"^(\S+) +(\d+\.\d)% +(\d+\.\d|--\.-) MB/s +ETA (\d+:\d\d:\d\d|-:--:--) ")
@@ -180,13 +181,13 @@ def test_heartbeats_write_the_latest_progress_into_the_document(tmp_path):
 
 
 def _wait_for_progress(store: SqliteStore, done: int) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        progress = (store.get("run_1") or {}).get("progress") or {}
-        if progress.get("bytes_done") == done:
-            return progress
-        time.sleep(0.05)  # polling the store with a deadline
-    raise AssertionError(f"progress {done} never reached the document: {store.get('run_1')}")
+    def progress() -> dict:
+        found = (store.get("run_1") or {}).get("progress") or {}
+        return found if found.get("bytes_done") == done else {}
+
+    return wait_until(
+        progress, 10, f"progress {done} in the document", detail=lambda: store.get("run_1")
+    )
 
 
 # -- the real command in a pseudo-terminal ------------------------------------------------

@@ -20,6 +20,7 @@ from dfarchive.ops.verify import verify_run
 from dfarchive.service import scheduler
 from dfarchive.service.config import parse_config
 from dfarchive.service.scheduler import enqueue_audits_due
+from tests.support.waiting import wait_until
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -355,13 +356,14 @@ def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home)
     thread.start()
 
     def wait_for(result: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def audited() -> dict[str, Any] | None:
             doc = runtime.store.get("run_l")
-            if doc and (doc.get("fixity") or {}).get("result") == result:
-                return doc
-            time.sleep(0.1)  # polling the store with a deadline
-        raise AssertionError(f"no {result} audit recorded: {runtime.store.get('run_l')}")
+            return doc if doc and (doc.get("fixity") or {}).get("result") == result else None
+
+        return wait_until(
+            audited, 60, f"a {result} audit recorded", every=0.1,
+            detail=lambda: runtime.store.get("run_l"),
+        )  # fmt: skip
 
     try:
         doc = wait_for("ok")

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,8 @@ from tests.support.archives import (
     tree,
 )
 from tests.support.cli import run_cli
-from tests.support.gpg import GnupgHome, build_run_folder, make_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home, stop_gpg_agent
+from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -69,7 +69,7 @@ def listing(root: Path) -> list[str]:
 def archived(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     """One real archive per engine, shared by this module's tests (they never modify it)."""
     base = tmp_path_factory.mktemp("restore")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home, engine=request.param)
     finally:
@@ -250,7 +250,7 @@ class Legacy:
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legacy]:
     base = tmp_path_factory.mktemp("legacy")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     source = build_run_folder(base / "runs", RUN_ID, small_files=20, big_files=1, big_size=1 << 16)
     try:
         yield Legacy(home, source.path)
@@ -349,13 +349,6 @@ def work_folders(into: Path) -> list[Path]:
     return sorted(into.glob(f"{TEMP_PREFIX}*"))
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 RESTORE_FROM_STDIN = """
 import sys
 from pathlib import Path
@@ -382,8 +375,8 @@ def test_a_killed_restores_work_folder_is_removed_by_the_next_restore(tmp_path: 
         with open(fifo, "wb") as writer:  # the child now holds a locked work folder
             writer.write(small_archive(tmp_path, "killed", passphrase).read_bytes()[:1000])
             writer.flush()
-            wait_for(lambda: [p for p in work_folders(into) if (p / "tree").is_dir()],
-                     "the work folder")  # fmt: skip
+            wait_until(lambda: [p for p in work_folders(into) if (p / "tree").is_dir()],
+                       30, "the work folder", every=0.01)  # fmt: skip
             child.kill()
             child.wait(timeout=30)
     finally:
@@ -412,9 +405,12 @@ def test_a_running_restores_work_folder_is_left_alone(tmp_path: Path) -> None:
     slow = threading.Thread(target=slow_restore)
     slow.start()
     with open(fifo, "wb") as writer:
-        wait_for(lambda: into.is_dir() and len(work_folders(into)) == 1, "the work folder")
+        wait_until(
+            lambda: into.is_dir() and len(work_folders(into)) == 1,
+            30, "the work folder", every=0.01,
+        )  # fmt: skip
         [working] = work_folders(into)
-        wait_for(lambda: (working / "tree").is_dir(), "the locked work folder")
+        wait_until(lambda: (working / "tree").is_dir(), 30, "the locked work folder", every=0.01)
         restore_archive(small_archive(tmp_path, "fast", passphrase), passphrase, into,
                         run_id="fast")  # fmt: skip
         assert work_folders(into) == [working]

@@ -25,13 +25,13 @@ from tests.support.archives import (
     tree,
 )
 from tests.support.cli import add_run, run_cli, write_config
-from tests.support.gpg import make_gnupg_home, stop_gpg_agent
+from tests.support.gpg import new_gnupg_home, stop_gpg_agent
 
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     base = tmp_path_factory.mktemp("verify")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home)
     finally:
@@ -115,7 +115,7 @@ def test_missing_files_are_problems(archived: ArchivedRun, tmp_path: Path) -> No
 
 
 def test_a_key_without_its_private_key_is_an_error(archived: ArchivedRun, tmp_path: Path) -> None:
-    other = make_gnupg_home(tmp_path)
+    other = new_gnupg_home(tmp_path / "gpg")
     try:
         recipient = keys.resolve_recipient(other.fingerprint, gnupg_home=other.home)
         wrapped = tmp_path / "other.key.gpg"
