@@ -12,7 +12,6 @@ import subprocess
 import tarfile
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -33,6 +32,7 @@ from dfarchive.errors import (
 from dfarchive.openpgp import decrypt
 from dfarchive.ops.restore import restore_archive
 from dfarchive.plumbing.writeprogress import WriteProgress
+from tests.support.clock import ManualClock
 from tests.support.waiting import wait_until
 
 
@@ -395,7 +395,7 @@ def test_the_last_progress_report_counts_every_byte_tar_wrote(
 ):
     run = make_run(tmp_path / "seq" / "seqA", "run_1")
     (run / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
-    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # every report falls in one instant
+    frozen = ManualClock(1000.0)  # as the modules' time: every report falls in one instant
     monkeypatch.setattr(meter, "time", frozen)
     monkeypatch.setattr(pipeline, "time", frozen)
     reports: list[tuple[int, int]] = []
@@ -624,7 +624,7 @@ def test_progress_is_one_figure_for_writing_and_validating(
 ):
     run = make_run(tmp_path / "seq", "run_1")
     (run / "big.bin").write_bytes(os.urandom(9 << 20))
-    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # only first and last reports
+    frozen = ManualClock(1000.0)  # as the modules' time: only first and last reports
     for module in (meter, pipeline, validate):
         monkeypatch.setattr(module, "time", frozen)
     reports: list[tuple[int, int]] = []

@@ -20,6 +20,7 @@ from dfarchive.ops.verify import verify_run
 from dfarchive.service import scheduler
 from dfarchive.service.config import parse_config
 from dfarchive.service.scheduler import enqueue_audits_due
+from tests.support.clock import ManualClock
 from tests.support.waiting import wait_until
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -197,17 +198,17 @@ def test_bad_fixity_config_names_the_key(tmp_path: Path, key: str, value: Any) -
 
 
 def test_the_limiter_starts_empty_and_pays_debt_by_sleeping() -> None:
-    now = [0.0]
+    clock = ManualClock(0.0)
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        now[0] += seconds
+        clock.advance(seconds)
 
-    limiter = fixity.RateLimiter(100.0, burst=0.1, clock=lambda: now[0], sleep=sleep)
+    limiter = fixity.RateLimiter(100.0, burst=0.1, clock=clock, sleep=sleep)
     limiter.consume(50)
     assert slept == [0.5]
-    now[0] += 10  # idle: credit is capped at the burst (10 tokens)
+    clock.advance(10)  # idle: credit is capped at the burst (10 tokens)
     limiter.consume(30)
     assert slept[-1] == pytest.approx(0.2)
 
