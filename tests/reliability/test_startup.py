@@ -1,7 +1,7 @@
 """Bad configuration and bad surroundings at start-up: every one is a one-line error,
 exit code 2, quickly, with no traceback and no secret in the output.
 
-The config-file cases complete ``tests/test_config.py`` (only shapes it lacks); the
+The config-file cases complete ``tests/service/test_config.py`` (only shapes it lacks); the
 start-up cases run the real ``dataflow_archive`` / ``dfarchive`` processes against an
 unreachable CouchDB and RabbitMQ, the CouchDB test server with a wrong password, a
 keyring with unusable keys, and a read-only destination (a read-only bind mount: as
@@ -75,7 +75,7 @@ def ws(tmp_path: Path, keyring: GnupgHome) -> Workspace:
     return Workspace(tmp_path, keyring)
 
 
-# -- the config file (shapes tests/test_config.py does not have) --------------------------
+# -- the config file (shapes tests/service/test_config.py does not have) ------------------
 
 
 def base_config(tmp_path: Path) -> str:

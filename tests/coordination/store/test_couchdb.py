@@ -1,6 +1,6 @@
 """CouchDB-specific behaviour of CouchStore, against a real (CouchDB-compatible) server.
 
-The backend-agnostic behaviour is in test_store_contract.py; here: the design document,
+The backend-agnostic behaviour is in test_contract.py; here: the design document,
 the original tool's schema and view, request counts, error mapping, cross-process
 claim races and restarts of an on-disk server.
 """
