@@ -38,8 +38,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from benchmarks.context import CaseContext
-from benchmarks.outcome import Outcome, Phases
+from benchmarks.harness import CaseContext, Outcome, Phases
 from dfarchive.plumbing.directio import DIRECT_ALIGNMENT
 
 ORIGINAL_RELAY_CHUNK = 8192

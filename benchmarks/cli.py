@@ -25,11 +25,10 @@ from typing import Any
 
 from benchmarks import machine, markdown, report, requirements, scanbench
 from benchmarks.cases import Case, select
-from benchmarks.context import CaseContext
 from benchmarks.couchserver import ServerError, couch_server
 from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
+from benchmarks.harness import CaseContext, run_case
 from benchmarks.make_run import DEFAULT_ROOT, build_run, parse_size
-from benchmarks.measure import run_case
 from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.archiving.tarstream import tar_command
 

@@ -32,8 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.context import CaseContext
-from benchmarks.outcome import Outcome, Phases
+from benchmarks.harness import CaseContext, Outcome, Phases
 from dfarchive.archiving.engines import get_engine
 from dfarchive.archiving.engines.base import EncryptResult
 from dfarchive.archiving.gpgcli import symmetric_encrypt_command
