@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, markdown, report, requirements, scanbench
+from benchmarks import machine, report, requirements, scanbench
 from benchmarks.cases import Case, select
 from benchmarks.couchserver import ServerError, couch_server
 from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
@@ -247,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{mode}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{mode}.md").write_text(markdown.format_markdown(result))
+    (args.out / f"{mode}.md").write_text(report.format_markdown(result))
     print(report.format_table(result))
     print(f"\nJSON: {json_path}")
     if args.chart:
-        from benchmarks import chart
-
         png = args.out / "throughput.png"
-        chart.draw(result, png)
+        report.draw(result, png)
         print(f"chart: {png}")
     return 0
