@@ -4,7 +4,7 @@ The parent (:func:`run_case`) starts ``python -m benchmarks.harness CASE_NAME
 CONTEXT_JSON``, one process per case and round, so that peak RSS (``ru_maxrss``) and
 CPU time belong to that case alone. In that process, :func:`main` hands the case
 function a :class:`CaseContext` (what every case needs to know); the function times its
-phases with :class:`Phases` and returns an :class:`Outcome` (bytes processed and timed
+phases with :class:`Phases` and returns a :class:`CaseResult` (bytes processed and timed
 phases, wall and CPU), printed as one JSON line that the parent turns into numbers.
 """
 
@@ -107,7 +107,7 @@ class Phases:
 
 
 @dataclass
-class Outcome:
+class CaseResult:
     """A case's result: plaintext bytes handled, its phases, anything else worth keeping."""
 
     bytes: int
@@ -138,10 +138,10 @@ def main(argv: list[str]) -> int:
     function = getattr(importlib.import_module(module_name), function_name)
     ctx = CaseContext.from_json(context)
     cpu, wall = cpu_seconds(), time.perf_counter()
-    outcome = function(ctx, **case.arguments(ctx.quick))
+    returned = function(ctx, **case.arguments(ctx.quick))
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     result = {
-        **asdict(outcome),
+        **asdict(returned),
         "case_seconds": wall,
         "case_cpu_seconds": cpu,
         "peak_rss_kib": peak_rss_kib(),
@@ -208,7 +208,7 @@ def run_case(case: Case, ctx: CaseContext, env: dict[str, str]) -> dict[str, Any
 
 if __name__ == "__main__":
     # Run the case through the module imported by its name, not this ``__main__`` copy:
-    # the case functions import CaseContext and Outcome from ``benchmarks.harness``.
+    # the case functions import CaseContext and CaseResult from ``benchmarks.harness``.
     from benchmarks import harness
 
     sys.exit(harness.main(sys.argv[1:]))
