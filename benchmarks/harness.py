@@ -1,11 +1,12 @@
 """What runs a case in a process of its own and measures it.
 
 The parent (:func:`run_case`) starts ``python -m benchmarks.harness CASE_NAME
-CONTEXT_JSON``, one process per case and round, so that peak RSS (``ru_maxrss``) and
-CPU time belong to that case alone. In that process, :func:`main` hands the case
-function a :class:`CaseContext` (what every case needs to know); the function times its
-phases with :class:`Phases` and returns a :class:`CaseResult` (bytes processed and timed
-phases, wall and CPU), printed as one JSON line that the parent turns into numbers.
+CONTEXT_JSON``, one process per case and round, so that peak RSS (``VmHWM``, see
+:func:`peak_rss_kib`) and CPU time belong to that case alone. In that process,
+:func:`main` hands the case function a :class:`CaseContext` (what every case needs to
+know); the function times its phases with :class:`Phases` and returns a
+:class:`CaseResult` (bytes processed and timed phases, wall and CPU), printed as one
+JSON line that the parent turns into numbers.
 """
 
 from __future__ import annotations
