@@ -1,4 +1,9 @@
-"""A throwaway ``GNUPGHOME`` with one recipient key (ed25519 + cv25519: made instantly)."""
+"""A throwaway ``GNUPGHOME`` with one recipient key, outside pytest.
+
+The keyring is the tests' :class:`tests.support.gpg.GnupgHome` (ed25519 + cv25519:
+made instantly); what the ``gnupg_home`` fixture gets from pytest (a temporary folder,
+stopping the agent afterwards) is done here for a run of the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
+
+from tests.support.gpg import GnupgHome
 
 UID = "dfarchive benchmark <bench@dfarchive.invalid>"
 GPG_TIMEOUT = 60
-
-
-@dataclass(frozen=True)
-class GnupgHome:
-    """A keyring directory and the fingerprint of its recipient key."""
-
-    home: str
-    fingerprint: str
-
-
-def _gpg(home: str, *args: str) -> str:
-    return subprocess.run(
-        ["gpg", "--batch", "--homedir", home, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=GPG_TIMEOUT,
-    ).stdout
 
 
 @contextlib.contextmanager
@@ -38,17 +27,13 @@ def throwaway_gnupg_home() -> Iterator[GnupgHome]:
     with a recipient key; its gpg-agent is stopped and the home removed afterwards."""
     home = tempfile.mkdtemp(prefix="dfab-gpg-")
     os.chmod(home, 0o700)
+    keyring = GnupgHome(home=home, fingerprint="", uid=UID)
     try:
-        _gpg(home, "--passphrase", "", "--quick-gen-key", UID, "ed25519", "sign", "never")
-        listing = _gpg(home, "--with-colons", "--list-keys", "--", UID)
-        fingerprint = next(
-            line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")
-        )
-        _gpg(home, "--passphrase", "", "--quick-add-key", fingerprint, "cv25519", "encr", "never")
-        yield GnupgHome(home=home, fingerprint=fingerprint)
+        yield replace(keyring, fingerprint=keyring.make_key(UID))
     finally:
         subprocess.run(
-            ["gpgconf", "--homedir", home, "--kill", "all"],
+            ["gpgconf", "--kill", "all"],
+            env=keyring.env,
             capture_output=True,
             check=False,
             timeout=GPG_TIMEOUT,
