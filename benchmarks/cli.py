@@ -142,11 +142,11 @@ def _run_scan(args: argparse.Namespace, data_dir: Path, work_dir: Path) -> dict[
     """The scan benchmark; None (with a line saying why) if its server fails to start."""
     tree = scanbench.build_tree(data_dir, args.scan_runs, args.scan_new)
     try:
-        with couch_server() as endpoint:
+        with couch_server(work_dir) as server:
             return scanbench.run_scan_benchmark(
                 tree,
                 work_dir,
-                endpoint,
+                server,
                 rounds=args.rounds,
                 original_rounds=ORIGINAL_SCAN_ROUNDS,
                 progress=_progress,
