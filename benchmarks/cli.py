@@ -25,12 +25,12 @@ from typing import Any
 
 from benchmarks import machine, report, requirements, scanbench
 from benchmarks.cases import Case, select
-from benchmarks.couchserver import ServerError, couch_server
-from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
 from benchmarks.harness import CaseContext, run_case
 from benchmarks.make_run import DEFAULT_ROOT, build_run, parse_size
+from benchmarks.requirements import ServerError, couch_server, throwaway_gnupg_home
 from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.archiving.tarstream import tar_command
+from tests.support.gpg import GnupgHome
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FULL = {"size": "3GiB", "rounds": 3, "scan_runs": 10_000, "scan_new": 1_000}
