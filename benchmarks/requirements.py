@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +36,6 @@ from tests.support.couchdb import CouchServer, ExternalCouchServer, NodeCouchSer
 from tests.support.gpg import GnupgHome
 
 UID = "dfarchive benchmark <bench@dfarchive.invalid>"
-GPG_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -105,13 +103,7 @@ def throwaway_gnupg_home() -> Iterator[GnupgHome]:
     try:
         yield replace(keyring, fingerprint=keyring.make_key(UID))
     finally:
-        subprocess.run(
-            ["gpgconf", "--kill", "all"],
-            env=keyring.env,
-            capture_output=True,
-            check=False,
-            timeout=GPG_TIMEOUT,
-        )
+        keyring.stop_agent()
         shutil.rmtree(home, ignore_errors=True)
 
 
