@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.support.archives import tree
-from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home
 from tests.support.legacy_tool import (
     NEWLINE_KEY,
     NUL_KEY,
@@ -175,7 +175,7 @@ def facility(couchdb_server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         built.after = documents(couchdb_server, database)
         yield built
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
         couchdb_server.request("DELETE", f"/{database}")
 
 

@@ -21,7 +21,7 @@ from dfarchive.coordination.runstate import STATUSES
 from dfarchive.coordination.store import NewRun, SqliteStore
 from tests.support.archives import ArchivedRun, make_archived_run, tree
 from tests.support.cli import add_run, run_cli, write_config
-from tests.support.gpg import new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import new_gnupg_home
 
 ORIGINAL_FIELDS = {
     "_id": str,
@@ -41,7 +41,7 @@ def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     try:
         yield make_archived_run(base, home)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from tests.support.archives import (
     tree,
 )
 from tests.support.cli import run_cli
-from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home
 from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -73,7 +73,7 @@ def archived(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arch
     try:
         yield make_archived_run(base, home, engine=request.param)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legacy]:
     try:
         yield Legacy(home, source.path)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.mark.parametrize("shape", LEGACY_KEYS)

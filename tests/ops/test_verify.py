@@ -25,7 +25,7 @@ from tests.support.archives import (
     tree,
 )
 from tests.support.cli import add_run, run_cli, write_config
-from tests.support.gpg import new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import new_gnupg_home
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     try:
         yield make_archived_run(base, home)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 def encrypted_doc(archived: ArchivedRun, **changes: Any) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def test_a_key_without_its_private_key_is_an_error(archived: ArchivedRun, tmp_pa
         wrapped = tmp_path / "other.key.gpg"
         wrapped.write_bytes(keys.wrap_key(keys.new_run_key(), recipient, gnupg_home=other.home))
     finally:
-        stop_gpg_agent(other)
+        other.stop_agent()
     with pytest.raises(ToolError, match="No secret key"):
         verify_run(
             encrypted_doc(archived, key_file=str(wrapped)), deep=True, unwrap=unwrapper(archived)

@@ -21,7 +21,7 @@ from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.ops.restore import restore_archive
-from tests.support.gpg import GnupgHome, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
 from tests.support.workspace import SENTINEL
 
 SHM = Path("/dev/shm")
@@ -57,7 +57,7 @@ def keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GnupgHo
     try:
         yield home
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 def archive_once(base: Path, run: Path, keyring: GnupgHome, store_dir: Path) -> dict:

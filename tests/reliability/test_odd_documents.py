@@ -23,7 +23,7 @@ import pytest
 from dfarchive.service.config import load_config
 from dfarchive.service.scheduler import schedule_pass
 from dfarchive.service.stores import open_store
-from tests.support.gpg import GnupgHome, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
 from tests.support.workspace import Finished, Workspace
 
 pytestmark = pytest.mark.timeout(150)
@@ -39,7 +39,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnupgHome]:
     try:
         yield home
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import SqliteStore
 from dfarchive.service.config import Config, load_config
 from dfarchive.service.scheduler import schedule_pass
-from tests.support.gpg import new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import new_gnupg_home
 from tests.support.workspace import (
     SENTINEL,
     Workspace,
@@ -40,7 +40,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield home
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @dataclass

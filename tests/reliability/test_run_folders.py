@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dfarchive.ops.restore import restore_archive
-from tests.support.gpg import new_gnupg_home, stop_gpg_agent, tree_snapshot
+from tests.support.gpg import new_gnupg_home, tree_snapshot
 from tests.support.workspace import (
     SENTINEL,
     Finished,
@@ -199,7 +199,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
         assert set(descendants(os.getpid())) <= before  # no tar/gpg left behind
         yield Zoo(ws, result, base / "outside")
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 def test_the_run_ends_with_exit_1_and_leaves_nothing_half_done(zoo: Zoo) -> None:

@@ -27,7 +27,7 @@ from dfarchive.coordination import attempt as attempt_module
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.service.config import load_config
-from tests.support.gpg import GnupgHome, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
 from tests.support.waiting import wait_until
 from tests.support.workspace import (
     BIN,
@@ -48,7 +48,7 @@ def keyring(tmp_path: Path) -> Iterator[GnupgHome]:
     try:
         yield home
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 def slow_run(ws: Workspace, name: str) -> Path:

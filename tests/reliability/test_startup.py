@@ -27,7 +27,7 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import ConfigError
 from dfarchive.service.config import load_config
-from tests.support.gpg import GnupgHome, new_gnupg_home, stop_gpg_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
 from tests.support.waiting import wait_until
 from tests.support.workspace import Finished, Workspace
 
@@ -67,7 +67,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnupgHome]:
     try:
         yield home
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.fixture

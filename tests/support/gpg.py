@@ -79,6 +79,16 @@ class GnupgHome:
             )
         return fingerprint
 
+    def stop_agent(self) -> None:
+        """Stop the gpg-agent (and other daemons) gpg started for this home."""
+        subprocess.run(
+            ["gpgconf", "--kill", "all"],
+            env=self.env,
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+
 
 def primary_fingerprint(colons: bytes) -> str:
     """The fingerprint of the first key in a ``--with-colons`` listing."""
@@ -90,18 +100,11 @@ def primary_fingerprint(colons: bytes) -> str:
 
 def new_gnupg_home(home: Path) -> GnupgHome:
     """``home`` (made if missing, mode 0700) as a GNUPGHOME holding a fresh recipient key
-    (ed25519 + cv25519: instant). Stop its agent with :func:`stop_gpg_agent`."""
+    (ed25519 + cv25519: instant). Stop its agent with :meth:`GnupgHome.stop_agent`."""
     home.mkdir(mode=0o700, exist_ok=True)
     home.chmod(0o700)
     fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)
     return GnupgHome(home=str(home), fingerprint=fingerprint)
-
-
-def stop_gpg_agent(home: GnupgHome) -> None:
-    """Stop the gpg-agent (and other daemons) gpg started for ``home``."""
-    subprocess.run(
-        ["gpgconf", "--kill", "all"], env=home.env, check=False, capture_output=True, timeout=30
-    )
 
 
 @pytest.fixture
@@ -116,7 +119,7 @@ def gnupg_home(
     try:
         yield keyring
     finally:
-        stop_gpg_agent(keyring)
+        keyring.stop_agent()
 
 
 @pytest.fixture(scope="module")
