@@ -116,7 +116,8 @@ def prepare(config: Config, *, need_recipient: Literal[True] = ...) -> Runtime[R
 @overload
 def prepare(config: Config, *, need_recipient: Literal[False]) -> Runtime[None]: ...
 def prepare(config: Config, *, need_recipient: bool = True) -> Runtime[Any]:
-    """Run every start-up check; return the ready runtime.
+    """Run every start-up check; return the ready runtime (a ``Runtime[Recipient]``
+    unless ``need_recipient`` is False, as the overloads above tell callers).
 
     Raises: StartupError (one line: what is wrong, which key, what to do).
     """
