@@ -37,11 +37,11 @@ from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
 
 from dfarchive.coordination.attempt import AttemptObserver, RecipientGate, attempt_run
 from dfarchive.coordination.fixity import MB, OK, RateLimiter
-from dfarchive.errors import DfArchiveError
+from dfarchive.errors import DfArchiveError, StartupError, Yielded
 from dfarchive.ops.verify import recipient_key_lister
 from dfarchive.plumbing.coredumps import disable_core_dumps
 from dfarchive.plumbing.logs import setup_logging
-from dfarchive.service.audit import AuditSettings, Yielded, audit_and_record
+from dfarchive.service.audit import AuditSettings, audit_and_record
 from dfarchive.service.config import config_path, load_config, plaintext_credentials
 from dfarchive.service.messaging import (
     ACTOR_NAME,
@@ -54,7 +54,7 @@ from dfarchive.service.messaging import (
     make_broker,
 )
 from dfarchive.service.metrics import ArchiveMetrics, FixityMetrics
-from dfarchive.service.startup import Runtime, StartupError, prepare
+from dfarchive.service.startup import Runtime, prepare
 
 log = logging.getLogger(__name__)
 

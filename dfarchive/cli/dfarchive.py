@@ -238,7 +238,7 @@ def _open_existing_store(config: Config) -> RunStore:
 
     Raises: StartupError when the SQLite state file does not exist yet.
     """
-    from dfarchive.service.startup import StartupError
+    from dfarchive.errors import StartupError
 
     state_file = config.state_file if config.couchdb is None else None
     if state_file is not None and not state_file.exists():
@@ -262,8 +262,7 @@ def _unwrapper(config: Config | None) -> Callable[[Path], bytes]:
     Its errors are one line: a StartupError saying where the private key must be.
     """
     from dfarchive.archiving.keys import unwrap_key
-    from dfarchive.errors import ToolError
-    from dfarchive.service.startup import StartupError
+    from dfarchive.errors import StartupError, ToolError
 
     home = _gnupg_home(config)
 
@@ -554,7 +553,8 @@ def _restore_record(
     args: argparse.Namespace, config: Config | None
 ) -> tuple[ArchiveRecord | None, int | None]:
     """The run's archive record (or None), or an exit code when the restore can't go on."""
-    from dfarchive.ops.verify import NotVerifiable, archive_record
+    from dfarchive.errors import NotVerifiable
+    from dfarchive.ops.verify import archive_record
 
     standalone = args.archive is not None and args.key is not None
     if config is None:
@@ -694,7 +694,8 @@ class _Adopter:
 
     def adopt(self, store: RunStore, doc: RunDocument | str) -> None:
         """Adopt one run (a document, or the id of a run not in the store)."""
-        from dfarchive.ops.adopt import AdoptionError, adoption_record
+        from dfarchive.errors import AdoptionError
+        from dfarchive.ops.adopt import adoption_record
 
         if isinstance(doc, str):
             return self._refused(doc, f"no such run in the {store.backend} store")

@@ -42,10 +42,10 @@ from dfarchive.coordination.attempt import (
     RecipientGate,
     attempt_run,
 )
-from dfarchive.errors import Cancelled, DfArchiveError, StoreUnavailable
+from dfarchive.errors import Cancelled, DfArchiveError, StoreUnavailable, Yielded
 from dfarchive.ops.verify import recipient_key_lister
 from dfarchive.plumbing.sigsafe import SignalSafeEvent
-from dfarchive.service.audit import AuditSettings, Yielded, audit_and_record
+from dfarchive.service.audit import AuditSettings, audit_and_record
 from dfarchive.service.scheduler import FIXITY_PASS_SECONDS, schedule_pass
 from dfarchive.service.startup import Runtime
 

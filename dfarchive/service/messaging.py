@@ -16,7 +16,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed, ConnectionFailed
 from dramatiq.middleware import Middleware
 
-from dfarchive.errors import DfArchiveError
+from dfarchive.errors import BrokerError
 from dfarchive.plumbing.timeouts import amqp_url
 from dfarchive.service.config import add_broker_secrets, broker_url_problem
 
@@ -28,10 +28,6 @@ BROKER_URL_ENV = "DFARCHIVE_BROKER_URL"
 #: one: their old common base ``dramatiq.errors.ConnectionError`` is deprecated in
 #: Dramatiq 2 and gone in 3, and its new name ``BrokerConnectionError`` is not in 1.x.
 CONNECTION_ERRORS = (ConnectionFailed, ConnectionClosed)
-
-
-class BrokerError(DfArchiveError):
-    """The message broker could not be reached or refused a message."""
 
 
 class OnePrefetchPerThread(Middleware):

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from dfarchive.coordination import fixity
 from dfarchive.coordination.attempt import AttemptObserver, AttemptOutcome
 from dfarchive.coordination.runstate import ENCRYPTED, STATUSES
-from dfarchive.errors import DfArchiveError, StoreError
+from dfarchive.errors import MetricsError, StoreError
 from dfarchive.service.config import Config
 
 if TYPE_CHECKING:
@@ -65,10 +65,6 @@ STORE_READ_INTERVAL = 15.0
 ADDRESS_ENV = "DFARCHIVE_METRICS_ADDR"
 #: Histogram buckets for a run's throughput, bytes/s: 1 MB/s … 2 GB/s.
 THROUGHPUT_BUCKETS = (1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2e8, 4e8, 8e8, 1.6e9, float("inf"))
-
-
-class MetricsError(DfArchiveError):
-    """The metrics endpoint could not be started."""
 
 
 class ArchiveMetrics(AttemptObserver):

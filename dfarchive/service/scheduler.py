@@ -20,7 +20,7 @@ from dfarchive.coordination import runstate
 from dfarchive.coordination.runstate import RunDocument
 from dfarchive.coordination.scan import scan_runs
 from dfarchive.coordination.store.base import NewRun, RunStore
-from dfarchive.errors import DfArchiveError, StoreUnavailable
+from dfarchive.errors import BrokerError, DfArchiveError, StartupError, StoreUnavailable
 from dfarchive.plumbing.sigsafe import SignalSafeEvent
 from dfarchive.service.config import Config
 
@@ -243,13 +243,12 @@ def run_scheduler(
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
     from dfarchive.service.messaging import (
-        BrokerError,
         broker_url,
         connected_broker,
         enqueue_archive,
         enqueue_fixity,
     )
-    from dfarchive.service.startup import StartupError, open_checked_store, worker_id
+    from dfarchive.service.startup import open_checked_store, worker_id
 
     url = broker_url(config.broker_url)
     if url is None:
