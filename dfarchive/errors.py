@@ -98,6 +98,13 @@ class ToolError(ArchiveError):
     """tar or gpg exited with an error or warning."""
 
 
+class RunFolderChanged(ToolError):
+    """The run folder changed while it was archived; the run is retried later.
+
+    A ToolError as before, so callers that do not tell it apart treat it as then.
+    """
+
+
 class ValidationError(ArchiveError):
     """The written archive did not read back as exactly what was archived."""
 
