@@ -90,8 +90,8 @@ class RunStore(ABC):
     def __init__(
         self,
         *,
-        max_attempts: int = 3,
-        lease_seconds: float = 300,
+        max_attempts: int = runstate.DEFAULT_MAX_ATTEMPTS,
+        lease_seconds: float = runstate.DEFAULT_LEASE_SECONDS,
         legacy_lease_seconds: float = runstate.DEFAULT_LEGACY_LEASE_SECONDS,
         clock: Clock = utc_now,
     ) -> None:
