@@ -43,6 +43,16 @@ class NewRun:
     sequencer: str
 
 
+@dataclass
+class KnownRuns:
+    """What the scheduling passes over one store handle learnt about its run documents,
+    kept between passes: the documents found to match their folders, trusted until the
+    change log since ``mark`` names them (see :meth:`RunStore.changed_since`)."""
+
+    mark: str | None = None  # the store's change mark when last asked
+    matched: dict[str, str] = field(default_factory=dict)  # run id → its folder's path
+
+
 @dataclass(frozen=True)
 class Changes:
     """What :meth:`RunStore.changed_since` found.
@@ -99,6 +109,9 @@ class RunStore(ABC):
         self.lease_seconds = lease_seconds
         self.legacy_lease_seconds = legacy_lease_seconds
         self.clock = clock
+        #: Owned by whoever holds this handle (a loop): a new handle, like a new
+        #: process, knows nothing yet.
+        self.known = KnownRuns()
 
     # -- backend primitives -------------------------------------------------------
 
