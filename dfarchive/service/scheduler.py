@@ -270,19 +270,18 @@ def run_scheduler(
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
     from dfarchive.service.messaging import (
-        broker_url,
         connected_broker,
         enqueue_archive,
         enqueue_fixity,
+        required_broker_url,
     )
     from dfarchive.service.startup import open_checked_store, worker_id
 
-    url = broker_url(config.broker_url)
-    if url is None:
-        raise StartupError(
-            f"{config.source}: broker_url: missing; the scheduler feeds dramatiq workers "
-            "through RabbitMQ (without a broker, run dataflow_archive instead)"
-        )
+    url = required_broker_url(
+        config,
+        "the scheduler feeds dramatiq workers through RabbitMQ (without a broker, run "
+        "dataflow_archive instead)",
+    )
     store = open_checked_store(config)
     try:
         broker = connected_broker(url)
