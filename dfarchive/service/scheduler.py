@@ -172,7 +172,7 @@ def register_found(store: RunStore, runs: list[NewRun], *, worker_id: str) -> li
     Logs (every pass, never silently) the folders that will not be archived because
     the store holds their run id for another folder, or in a state dfarchive does not
     know. Costs one read of the documents not known to match (all of them on a
-    process's first pass, and on every pass for a store without a change log), one
+    store handle's first pass, and on every pass for a store without a change log), one
     bulk insert if some runs are new, and one request for the change log if any.
 
     The documents found to match their folders are kept in ``store.known``, and read
