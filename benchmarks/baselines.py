@@ -38,8 +38,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from benchmarks.context import CaseContext
-from benchmarks.outcome import Outcome, Phases
+from benchmarks.harness import CaseContext, CaseResult, Phases
 from dfarchive.plumbing.directio import DIRECT_ALIGNMENT
 
 ORIGINAL_RELAY_CHUNK = 8192
@@ -75,7 +74,7 @@ def key_file(work_dir: Path) -> Iterator[Path]:
 # -- ceilings ----------------------------------------------------------------------------
 
 
-def ceiling_read(ctx: CaseContext, *, data: str = "run") -> Outcome:
+def ceiling_read(ctx: CaseContext, *, data: str = "run") -> CaseResult:
     """``tar -cf - RUN | cat > /dev/null`` (tar skips reading files when it writes to
     /dev/null itself, hence cat)."""
     run_path, size = ctx.run(data)
@@ -89,10 +88,10 @@ def ceiling_read(ctx: CaseContext, *, data: str = "run") -> Outcome:
         tar.wait(TOOL_TIMEOUT)
     _check(tar, "tar")
     _check(cat, "cat")
-    return Outcome(bytes=size, phases=phases.record)
+    return CaseResult(bytes=size, phases=phases.record)
 
 
-def ceiling_cipher(ctx: CaseContext, *, data: str = "run") -> Outcome:
+def ceiling_cipher(ctx: CaseContext, *, data: str = "run") -> CaseResult:
     """AES-256-CFB over as many bytes as the tar stream, one thread, in memory."""
     _, size = ctx.run(data)
     block = memoryview(os.urandom(CEILING_CHUNK))
@@ -106,10 +105,10 @@ def ceiling_cipher(ctx: CaseContext, *, data: str = "run") -> Outcome:
             encryptor.update_into(block[:n], out)
             left -= n
         encryptor.finalize()
-    return Outcome(bytes=size, phases=phases.record)
+    return CaseResult(bytes=size, phases=phases.record)
 
 
-def ceiling_disk(ctx: CaseContext, *, direct: bool = True, data: str = "run") -> Outcome:
+def ceiling_disk(ctx: CaseContext, *, direct: bool = True, data: str = "run") -> CaseResult:
     """Write as many bytes as the tar stream to a new file in 4 MiB writes, fsync;
     ``direct``: with ``O_DIRECT`` from a page-aligned buffer (the tail rounded up to a
     whole block, a few KiB more than the others write)."""
@@ -131,10 +130,10 @@ def ceiling_disk(ctx: CaseContext, *, direct: bool = True, data: str = "run") ->
                 os.close(fd)
     finally:
         path.unlink(missing_ok=True)
-    return Outcome(bytes=size, phases=phases.record)
+    return CaseResult(bytes=size, phases=phases.record)
 
 
-def cost_hashes(ctx: CaseContext, *, data: str = "run") -> Outcome:
+def cost_hashes(ctx: CaseContext, *, data: str = "run") -> CaseResult:
     """SHA-256 then SHA-1 (the OpenPGP MDC) in ``hashlib`` over the same byte count:
     not a ceiling, the price of each digest an archiver takes on the way."""
     _, size = ctx.run(data)
@@ -148,7 +147,7 @@ def cost_hashes(ctx: CaseContext, *, data: str = "run") -> Outcome:
                 n = min(left, CEILING_CHUNK)
                 digest.update(block[:n])
                 left -= n
-    return Outcome(bytes=size, phases=phases.record)
+    return CaseResult(bytes=size, phases=phases.record)
 
 
 # -- the original tool ---------------------------------------------------------------------
@@ -211,7 +210,7 @@ async def _original_run(
             await _original_wrap(key, work / f"{run_id}.key.gpg", ctx.fingerprint)
 
 
-def original(ctx: CaseContext, *, runs: int = 1, data: str = "run") -> Outcome:
+def original(ctx: CaseContext, *, runs: int = 1, data: str = "run") -> CaseResult:
     """The original pipeline for ``runs`` runs at once in one event loop (see module doc)."""
     run_path, size = ctx.run(data)
     run_ids = [f"original-{i}" for i in range(runs)]
@@ -231,7 +230,7 @@ def original(ctx: CaseContext, *, runs: int = 1, data: str = "run") -> Outcome:
                 (Path(ctx.work_dir) / f"{run_id}{suffix}").unlink(missing_ok=True)
     if detail is not None:
         phases.record.update(detail.record)
-    return Outcome(
+    return CaseResult(
         bytes=size * runs,
         phases=phases.record,
         extra={"archive_bytes": archive_bytes},
@@ -241,7 +240,7 @@ def original(ctx: CaseContext, *, runs: int = 1, data: str = "run") -> Outcome:
 # -- tar | gpg ---------------------------------------------------------------------------
 
 
-def shell_gpg(ctx: CaseContext, *, compress: bool, data: str = "run") -> Outcome:
+def shell_gpg(ctx: CaseContext, *, compress: bool, data: str = "run") -> CaseResult:
     """``tar -cf - RUN | gpg --batch --symmetric --cipher-algo AES256 -o FILE``, with
     gpg's default compression or ``--compress-algo none``."""
     run_path, size = ctx.run(data)
@@ -268,7 +267,7 @@ def shell_gpg(ctx: CaseContext, *, compress: bool, data: str = "run") -> Outcome
         archive_bytes = output.stat().st_size
     finally:
         output.unlink(missing_ok=True)
-    return Outcome(
+    return CaseResult(
         bytes=size,
         phases=phases.record,
         extra={"archive_bytes": archive_bytes, "compression_ratio": size / archive_bytes},

@@ -1,6 +1,6 @@
 """The benchmark cases, in the order each round runs them.
 
-Each case is a function ``f(ctx, **params) -> Outcome`` run in a process of its own
+Each case is a function ``f(ctx, **params) -> CaseResult`` run in a process of its own
 (so its peak RSS and CPU are its own); ``primary`` names the phase whose time gives the
 case's throughput. Every round runs every case once, in this order (A B C A B C), so
 cases are compared within a round while the VM's speed drifts. One exception: gpg with

@@ -23,15 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, markdown, report, requirements, scanbench
+from benchmarks import machine, report, requirements, scanbench
 from benchmarks.cases import Case, select
-from benchmarks.context import CaseContext
-from benchmarks.couchserver import ServerError, couch_server
-from benchmarks.gnupg import GnupgHome, throwaway_gnupg_home
+from benchmarks.harness import CaseContext, run_case
 from benchmarks.make_run import DEFAULT_ROOT, build_run, parse_size
-from benchmarks.measure import run_case
+from benchmarks.requirements import ServerError, couch_server, throwaway_gnupg_home
 from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.archiving.tarstream import tar_command
+from tests.support.gpg import GnupgHome
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FULL = {"size": "3GiB", "rounds": 3, "scan_runs": 10_000, "scan_new": 1_000}
@@ -143,11 +142,11 @@ def _run_scan(args: argparse.Namespace, data_dir: Path, work_dir: Path) -> dict[
     """The scan benchmark; None (with a line saying why) if its server fails to start."""
     tree = scanbench.build_tree(data_dir, args.scan_runs, args.scan_new)
     try:
-        with couch_server() as endpoint:
+        with couch_server(work_dir) as server:
             return scanbench.run_scan_benchmark(
                 tree,
                 work_dir,
-                endpoint,
+                server,
                 rounds=args.rounds,
                 original_rounds=ORIGINAL_SCAN_ROUNDS,
                 progress=_progress,
@@ -248,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{mode}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{mode}.md").write_text(markdown.format_markdown(result))
+    (args.out / f"{mode}.md").write_text(report.format_markdown(result))
     print(report.format_table(result))
     print(f"\nJSON: {json_path}")
     if args.chart:
-        from benchmarks import chart
-
         png = args.out / "throughput.png"
-        chart.draw(result, png)
+        report.draw(result, png)
         print(f"chart: {png}")
     return 0

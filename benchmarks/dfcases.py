@@ -32,8 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.context import CaseContext
-from benchmarks.outcome import Outcome, Phases
+from benchmarks.harness import CaseContext, CaseResult, Phases
 from dfarchive.archiving.engines import get_engine
 from dfarchive.archiving.engines.base import EncryptResult
 from dfarchive.archiving.gpgcli import symmetric_encrypt_command
@@ -66,7 +65,7 @@ def end_to_end(
     validate_with: str | None = None,
     runs: int = 1,
     data: str = "run",
-) -> Outcome:
+) -> CaseResult:
     """``archive_run`` for ``runs`` runs of the same folder at once (None: defaults)."""
     run_path, _ = ctx.run(data)
     work = Path(ctx.work_dir)
@@ -95,7 +94,7 @@ def end_to_end(
     finally:
         shutil.rmtree(settings.destination_path, ignore_errors=True)
         shutil.rmtree(settings.keys_path, ignore_errors=True)
-    return Outcome(
+    return CaseResult(
         bytes=sum(record["plaintext_size"] for record in records),
         phases=phases.record,
         extra={
@@ -119,7 +118,7 @@ def _encrypt_to(path: Path, engine: str, run_path: Path, passphrase: bytes) -> E
     return result
 
 
-def engine_steps(ctx: CaseContext, *, engine: str, data: str = "run") -> Outcome:
+def engine_steps(ctx: CaseContext, *, engine: str, data: str = "run") -> CaseResult:
     """Archive step alone with ``engine``, then each validation method on its output."""
     run_path, _ = ctx.run(data)
     path = Path(ctx.work_dir) / f"steps-{engine}.tar.gpg"
@@ -133,7 +132,7 @@ def engine_steps(ctx: CaseContext, *, engine: str, data: str = "run") -> Outcome
                 validate_archive(path, passphrase, result, method=method)
     finally:
         path.unlink(missing_ok=True)
-    return Outcome(
+    return CaseResult(
         bytes=result.plaintext_size,
         phases=phases.record,
         extra={"archive_bytes": result.archive_size},
@@ -148,7 +147,7 @@ def _patched(module: ModuleType, name: str, value: object) -> None:
     setattr(module, name, value)
 
 
-def _encrypt_only(ctx: CaseContext, engine: str, data: str, **extra: Any) -> Outcome:
+def _encrypt_only(ctx: CaseContext, engine: str, data: str, **extra: Any) -> CaseResult:
     run_path, _ = ctx.run(data)
     path = Path(ctx.work_dir) / f"sweep-{engine}.tar.gpg"
     phases = Phases()
@@ -157,10 +156,10 @@ def _encrypt_only(ctx: CaseContext, engine: str, data: str, **extra: Any) -> Out
             result = _encrypt_to(path, engine, run_path, new_run_key())
     finally:
         path.unlink(missing_ok=True)
-    return Outcome(bytes=result.plaintext_size, phases=phases.record, extra=extra)
+    return CaseResult(bytes=result.plaintext_size, phases=phases.record, extra=extra)
 
 
-def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
+def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> CaseResult:
     """The ``gpg`` engine (archive step alone) relaying ``chunk`` bytes at a time."""
     from dfarchive.archiving.engines import gpg as gpg_engine
 
@@ -168,7 +167,7 @@ def gpg_engine_relay(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outc
     return _encrypt_only(ctx, "gpg", data, chunk=chunk, pipe_size=childproc.PIPE_SIZE)
 
 
-def inprocess_chunk(ctx: CaseContext, *, chunk: int, data: str = "run") -> Outcome:
+def inprocess_chunk(ctx: CaseContext, *, chunk: int, data: str = "run") -> CaseResult:
     """The ``inprocess`` engine (archive step alone) with ``CHUNK_SIZE = chunk``."""
     from dfarchive.archiving.engines import inprocess
 
@@ -187,7 +186,7 @@ def _splice_all(source: int, sink: int) -> int:
     return moved
 
 
-def splice_relay(ctx: CaseContext, *, data: str = "run") -> Outcome:
+def splice_relay(ctx: CaseContext, *, data: str = "run") -> CaseResult:
     """tar → ``os.splice`` → gpg (the engine's command) → ``os.splice`` → file, fsync."""
     run_path, _ = ctx.run(data)
     path = Path(ctx.work_dir) / "splice.tar.gpg"
@@ -232,7 +231,7 @@ def splice_relay(ctx: CaseContext, *, data: str = "run") -> Outcome:
         path.unlink(missing_ok=True)
     if not moved:
         raise RuntimeError("the splice relay did not finish")
-    return Outcome(bytes=moved[0], phases=phases.record, extra={"chunk": SPLICE_CHUNK})
+    return CaseResult(bytes=moved[0], phases=phases.record, extra={"chunk": SPLICE_CHUNK})
 
 
 def _settle(path: Path) -> None:
@@ -269,7 +268,7 @@ def _stock_restore(archive: Path, key: Path, into: Path, gnupg_home: str) -> Non
             raise RuntimeError(f"{what} exited with status {proc.returncode}")
 
 
-def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
+def restore(ctx: CaseContext, *, data: str = "run") -> CaseResult:
     """Restoring one archive (made untimed by the default engine, key wrapped with gpg,
     as ``archive_run`` leaves them), timed twice, each time from a cold archive and with
     nothing left to write back, in turn first (even rounds: stock first): ``stock``, the
@@ -310,7 +309,7 @@ def restore(ctx: CaseContext, *, data: str = "run") -> Outcome:
                 side()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Outcome(
+    return CaseResult(
         bytes=result.plaintext_size,
         phases=phases.record,
         extra={"archive_bytes": result.archive_size, "members": result.members},

@@ -1,14 +1,23 @@
-"""Turn the rounds of measurements into medians, ratios, target checks and a table.
+"""Turn the rounds of measurements into medians, ratios, target checks, and write them
+out: a text table, Markdown (for ``benchmarks/README.md``) and a PNG chart.
 
 Ratios are taken within each round (both sides measured minutes apart, under the same
 VM conditions) and their median is reported.
+
+Every run writes the Markdown beside its JSON (``full.md``, ``quick.md``);
+``python -m benchmarks.report markdown benchmarks/results/full.json`` prints it again.
+The throughput chart needs ``matplotlib`` (the ``bench`` extra) and only the full run
+draws it; ``python -m benchmarks.report chart results/full.json [out.png]`` redraws it.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import GROUPS, Case
@@ -277,3 +286,270 @@ def format_table(report: Mapping[str, Any]) -> str:
                 f"{target['threshold']:g}{target['unit']})"
             )
     return "\n".join(lines)
+
+
+# -- Markdown ----------------------------------------------------------------------------
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _machine(report: Mapping[str, Any]) -> list[str]:
+    m = report["machine"]
+    load = report["load_average"]
+    code = report.get("code") or {}
+    changes = code.get("dfarchive_changes") or []
+    run, small = report["data"]["run"], report["data"]["small_run"]
+    return [
+        f"* **Machine**: {m['cores']} cores ({m['cpu_model']}, AES-NI: "
+        f"{'yes' if m['cpu_flags_aes'] else 'no'}), {m['memory_bytes'] / 2**30:.1f} GiB, "
+        f"kernel {m['kernel']}, {m['os']}, data on {m['data_filesystem']}",
+        f"* **Tools**: Python {m['python']}, {m['gpg']} ({m['libgcrypt']}), {m['tar']}, "
+        f"cryptography {m['cryptography']} ({m['openssl']}), node {m['node']}",
+        f"* **Load average** (1/5/15 min): {load['before']} at start, "
+        f"{load['after_each_round']} after each round, {load['after']} at the end "
+        "(other sessions shared the machine)",
+        f"* **Code**: the working tree at commit {str(code.get('commit'))[:12]}"
+        + (f" with uncommitted changes to {', '.join(changes)}" if changes else "")
+        + " (at the end of the run)",
+        f"* **Data**: run folder of {_gb(run['tar_bytes'])} tar stream ({run['files']} files: "
+        f"{run['big_files']} large, {run['small_files']} small, {run['empty_files']} empty, "
+        f"{run['symlinks']} symlinks), seed {run['seed']}; small run {_gb(small['tar_bytes'])}",
+        f"* **Started** {report['started_at']}, took {report['duration_seconds'] / 60:.1f} min; "
+        f"default engine `{report['settings']['default_engine']}`, validation "
+        f"`{report['settings']['default_validate_with']}`; tunables "
+        + ", ".join(f"`{k}` = {v}" for k, v in report["settings"]["package_tunables"].items()),
+    ]
+
+
+def _cases(report: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "| configuration | MB/s (median) | min-max | rounds | CPU s/GiB | cores busy | "
+        "peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    order = list(GROUPS)
+    for case in sorted(report["cases"].values(), key=lambda c: order.index(c["group"])):
+        mb = case["mb_s"]
+        lines.append(
+            f"| {_cell(case['label'])} | **{mb['median']:.0f}** | "
+            f"{mb['min']:.0f}-{mb['max']:.0f} | {len(case['rounds'])} | "
+            f"{case['cpu_s_per_gib']['median']:.2f} | {cores_busy(case):.2f} | "
+            f"{case['peak_rss_mib']['max']:.0f} |"
+        )
+        for name, phase in case["phases"].items():
+            if name in (case["primary_phase"], "all"):
+                continue
+            mb, seconds = phase["mb_s"], phase["seconds"]["median"]
+            speed = (
+                f"{mb['median']:.0f} | {mb['min']:.0f}-{mb['max']:.0f}"
+                if seconds >= BRIEF_PHASE_SECONDS
+                else f"({seconds:.2f} s) |"
+            )
+            lines.append(
+                f"| &nbsp;&nbsp;↳ {name.replace('_', ' ')} | {speed} | | "
+                f"{phase['cpu_s_per_gib']['median']:.2f} | | |"
+            )
+    return lines
+
+
+def _ratios(report: Mapping[str, Any]) -> list[str]:
+    lines = ["| ratio (within each round, median) | value | per round |", "| --- | ---: | --- |"]
+    for ratio in report["ratios"].values():
+        rounds = ", ".join(f"{v:.2f}" for v in ratio["rounds"])
+        lines.append(f"| {_cell(ratio['label'])} | **{ratio['median']:.2f}x** | {rounds} |")
+    return lines
+
+
+PASS_LABELS = {
+    "new_pass": "new runs",
+    "steady_pass": "nothing new",
+    "enqueue_pass": "new runs, broker set (old ones archived)",
+}
+
+
+def _scan(report: Mapping[str, Any]) -> list[str]:
+    scan = report.get("scan")
+    if not scan:
+        return []
+    tree = scan["tree"]
+    lines = [
+        f"{tree['runs']:,} run folders under {tree['sequencers']} sequencers, {tree['new']:,} "
+        f"new; server: {scan['server']}.",
+        "",
+        "| store | pass | seconds (median) | store requests | rounds |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    names = {"sqlite": "dfarchive, SQLite", "couchdb": "dfarchive, CouchDB",
+             "original": "original tool's pattern, CouchDB"}  # fmt: skip
+    for backend, summary in scan["summary"].items():
+        for pass_name, numbers in summary.items():
+            label = PASS_LABELS.get(pass_name, pass_name)
+            lines.append(
+                f"| {names.get(backend, backend)} | {label} | "
+                f"{numbers['seconds']['median']:.3f} | {numbers['requests']['max']:,.0f} | "
+                f"{len(scan['rounds'][backend])} |"
+            )
+    return lines
+
+
+def _targets(report: Mapping[str, Any]) -> list[str]:
+    lines = ["| target | measured | goal | met? |", "| --- | ---: | ---: | :---: |"]
+    for t in report["targets"]:
+        unit = t["unit"]
+        lines.append(
+            f"| {_cell(t['label'])} | {format_value(t['value'])}{unit} | "
+            f"{t['op']} {t['threshold']:g}{unit} | {'yes' if t['met'] else '**no**'} |"
+        )
+    return lines
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    """Machine, throughput table, ratios, scan and targets of ``report`` as Markdown."""
+    sections = [
+        _machine(report),
+        ["", "#### Throughput", ""],
+        _cases(report),
+        [f"\nSkipped {name}: {reason}" for name, reason in report.get("skipped", {}).items()],
+        ["", "#### Ratios", ""],
+        _ratios(report),
+    ]
+    if report.get("scan"):
+        sections += [["", "#### Scan + register", ""], _scan(report)]
+    sections += [["", "#### Targets", ""], _targets(report)]
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+# -- the chart ---------------------------------------------------------------------------
+# The throughput chart (PNG): one bar per configuration, median with min-max whiskers.
+
+
+COLORS = {
+    "ceiling": "#9e9e9e",
+    "baseline": "#e08214",
+    "dfarchive": "#2166ac",
+    "sweep": "#67a9cf",
+}
+GROUP_NAMES = {
+    "ceiling": "machine ceiling",
+    "baseline": "what users run instead",
+    "dfarchive": "dfarchive",
+    "sweep": "dfarchive tuning sweep (archive step)",
+}
+#: Not bars of their own: the same configuration on other data; a cost, not a pipeline.
+LEFT_OUT = ("dfarchive_small", "cost_hashes", "cost_buffered_write")
+
+
+def _panel(ax: Any, cases: list[Mapping[str, Any]], title: str, legend: bool) -> None:
+    from matplotlib.patches import Patch
+
+    labels = [case["label"] for case in cases]
+    medians = [case["mb_s"]["median"] for case in cases]
+    lows = [case["mb_s"]["median"] - case["mb_s"]["min"] for case in cases]
+    highs = [case["mb_s"]["max"] - case["mb_s"]["median"] for case in cases]
+    y = list(range(len(cases)))
+    ax.barh(
+        y,
+        medians,
+        color=[COLORS[case["group"]] for case in cases],
+        xerr=[lows, highs],
+        capsize=3,
+        ecolor="#333333",
+    )
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.invert_yaxis()
+    ends = [m + h for m, h in zip(medians, highs, strict=True)]
+    top = max(ends)
+    for yi, value, end in zip(y, medians, ends, strict=True):
+        ax.text(end + top * 0.012, yi, f"{value:.0f}", va="center", fontsize=8)
+    ax.set_xlim(0, top * 1.12)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    if not legend:
+        return
+    seen = dict.fromkeys(case["group"] for case in cases)
+    ax.legend(
+        handles=[Patch(color=COLORS[g], label=GROUP_NAMES[g]) for g in seen],
+        loc="lower right",
+        fontsize=8,
+    )
+
+
+def draw(report: Mapping[str, Any], path: Path) -> None:
+    """Write the chart of ``report`` (see :mod:`benchmarks.report`) to ``path``: the
+    comparison on the full run above, the tuning sweeps (small run) below.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = list(COLORS)
+    cases = sorted(
+        (case for name, case in report["cases"].items() if name not in LEFT_OUT),
+        key=lambda case: order.index(case["group"]),
+    )
+    main = [case for case in cases if case["group"] != "sweep"]
+    sweep = [case for case in cases if case["group"] == "sweep"]
+    panels = [p for p in (main, sweep) if p]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(11, 0.36 * len(cases) + 1.6 * len(panels) + 0.6),
+        dpi=110,
+        gridspec_kw={"height_ratios": [len(p) + 1.5 for p in panels]},
+        squeeze=False,
+    )
+    machine = report["machine"]
+    data = report["data"]
+    rounds = report["settings"]["rounds"]
+    rounds_text = f"median of {rounds} rounds" if rounds > 1 else "1 round"
+    titles = {
+        id(main): f"{data['run']['tar_bytes'] / 1e9:.1f} GB run, {rounds_text}",
+        id(sweep): f"tuning sweeps, archive step alone: "
+        f"{data['small_run']['tar_bytes'] / 1e9:.2f} GB run, {rounds_text}",
+    }
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        _panel(ax, panel, titles[id(panel)], legend=panel is main)
+    axes[-1, 0].set_xlabel("MB/s of plaintext (median; whiskers: min-max over rounds)")
+    load = report["load_average"]
+    ones = [load["before"][0], *(x[0] for x in load["after_each_round"]), load["after"][0]]
+    fig.suptitle(
+        f"dfarchive benchmark ({report['started_at'][:10]}): {machine['cores']} cores, "
+        f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['cpu_model']}; "
+        f"1-min load average {min(ones):.1f}-{max(ones):.1f} during the run",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    """``markdown FILE.json`` prints the report as Markdown; ``chart FILE.json [OUT.png]``
+    draws the chart (beside the JSON as ``throughput.png`` unless OUT.png is given)."""
+    usage = "usage: python -m benchmarks.report {markdown FILE.json | chart FILE.json [OUT.png]}"
+    if len(argv) == 2 and argv[0] == "markdown":
+        print(format_markdown(json.loads(Path(argv[1]).read_text())), end="")
+        return 0
+    if len(argv) in (2, 3) and argv[0] == "chart":
+        source = Path(argv[1])
+        target = Path(argv[2]) if len(argv) > 2 else source.with_name("throughput.png")
+        draw(json.loads(source.read_text()), target)
+        print(target)
+        return 0
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

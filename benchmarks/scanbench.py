@@ -41,13 +41,13 @@ from typing import Any
 
 import requests
 
-from benchmarks.couchserver import CouchEndpoint
 from dfarchive.coordination import runstate
 from dfarchive.coordination.store.base import NewRun, RunStore
 from dfarchive.coordination.store.couchdb import LOOKUP_VIEWS, CouchStore
 from dfarchive.coordination.store.sqlite import SqliteStore
 from dfarchive.service.config import Config
 from dfarchive.service.scheduler import schedule_pass
+from tests.support.couchdb import CouchServer, NodeCouchServer
 
 SENTINEL = ".metadata_rsync_exitcode"
 SEQUENCERS = 20
@@ -224,39 +224,33 @@ def bench_sqlite(tree: ScanTree, work_dir: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _database(endpoint: CouchEndpoint) -> Iterator[str]:
+def _database(server: CouchServer) -> Iterator[str]:
     name = f"dfarchive_bench_{uuid.uuid4().hex[:12]}"
     try:
         yield name
     finally:
         with contextlib.suppress(requests.RequestException):
-            requests.delete(f"{endpoint.url}/{name}", auth=endpoint.auth, timeout=HTTP_TIMEOUT)
+            server.request("DELETE", f"/{name}", timeout=HTTP_TIMEOUT)
 
 
-def _couch_store(endpoint: CouchEndpoint, database: str) -> CouchStore:
-    return CouchStore(
-        endpoint.url,
-        database=database,
-        username=endpoint.username,
-        password=endpoint.password,
-        timeout=HTTP_TIMEOUT,
-    )
+def _couch_store(server: CouchServer, database: str) -> CouchStore:
+    return server.store(database, timeout=HTTP_TIMEOUT)
 
 
-def bench_couch(tree: ScanTree, work_dir: Path, endpoint: CouchEndpoint) -> dict[str, Any]:
+def bench_couch(tree: ScanTree, work_dir: Path, server: CouchServer) -> dict[str, Any]:
     """dfarchive's scheduling passes on a fresh CouchDB database that knows the old runs,
     then the pass with a broker on another whose old runs are archived."""
-    with _database(endpoint) as name, _couch_store(endpoint, name) as store:
+    with _database(server) as name, _couch_store(server, name) as store:
         store.setup()
         store.register_many(tree.new_run_records(tree.known_runs), worker_id="setup")
         store.reclaim_expired()  # brings the by_status view index up to date
         passes = _passes(store, tree, work_dir, lambda: store.request_count)
-    with _database(endpoint) as name:
-        with _couch_store(endpoint, name) as store:
+    with _database(server) as name:
+        with _couch_store(server, name) as store:
             store.setup()
             _store_archived(store, tree)
             store.due_for_enqueue(0)  # brings the by_status view index up to date
-        with _couch_store(endpoint, name) as store:  # a fresh scheduler process
+        with _couch_store(server, name) as store:  # a fresh scheduler process
             enqueue_pass = _timed_pass(
                 store,
                 _config(tree, work_dir),
@@ -277,11 +271,11 @@ def _original_doc(path: Path) -> dict[str, Any]:
     }
 
 
-def bench_original(tree: ScanTree, endpoint: CouchEndpoint) -> dict[str, Any]:
+def bench_original(tree: ScanTree, server: CouchServer) -> dict[str, Any]:
     """The original tool's pass (a PUT per run folder, then the view) on the same server."""
-    with _database(endpoint) as name, requests.Session() as http:
-        http.auth = endpoint.auth
-        db = f"{endpoint.url}/{name}"
+    with _database(server) as name, requests.Session() as http:
+        http.auth = (server.username, server.password or "") if server.username else None
+        db = f"{server.url}/{name}"
         http.put(db, timeout=HTTP_TIMEOUT).raise_for_status()
         design = {"views": LOOKUP_VIEWS}
         http.put(f"{db}/_design/lookup", json=design, timeout=HTTP_TIMEOUT).raise_for_status()
@@ -319,6 +313,13 @@ def bench_original(tree: ScanTree, endpoint: CouchEndpoint) -> dict[str, Any]:
     }
 
 
+def _kind(server: CouchServer) -> str:
+    """What the report calls the server."""
+    if isinstance(server, NodeCouchServer):
+        return "express-pouchdb test server (in memory)"
+    return "external"
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -326,7 +327,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 def run_scan_benchmark(
     tree: ScanTree,
     work_dir: Path,
-    endpoint: CouchEndpoint,
+    server: CouchServer,
     *,
     rounds: int,
     original_rounds: int,
@@ -337,9 +338,9 @@ def run_scan_benchmark(
     results: dict[str, list[dict[str, Any]]] = {"sqlite": [], "couchdb": [], "original": []}
     for i in range(rounds):
         results["sqlite"].append(bench_sqlite(tree, work_dir))
-        results["couchdb"].append(bench_couch(tree, work_dir, endpoint))
+        results["couchdb"].append(bench_couch(tree, work_dir, server))
         if i < original_rounds:
-            results["original"].append(bench_original(tree, endpoint))
+            results["original"].append(bench_original(tree, server))
         progress(
             f"scan round {i + 1}/{rounds}: "
             + ", ".join(
@@ -361,7 +362,7 @@ def run_scan_benchmark(
     }
     return {
         "tree": {"runs": tree.runs, "new": tree.new, "sequencers": SEQUENCERS},
-        "server": endpoint.kind,
+        "server": _kind(server),
         "rounds": results,
         "summary": summary,
     }

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import cli, couchserver, requirements
+from benchmarks import cli, requirements
 from benchmarks.cases import CASES
 from benchmarks.report import TARGETS
+from tests.support import couchdb as couchserver
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 240

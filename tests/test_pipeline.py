@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from dfarchive.archiving import keys, pipeline, tarstream, validate
-from dfarchive.archiving.engines import ENGINE_NAMES, tap
+from dfarchive.archiving.engines import ENGINE_NAMES, meter
 from dfarchive.archiving.keys import Recipient, resolve_recipient
 from dfarchive.archiving.partialfile import PartialFile
 from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
@@ -396,7 +396,7 @@ def test_the_last_progress_report_counts_every_byte_tar_wrote(
     run = make_run(tmp_path / "seq" / "seqA", "run_1")
     (run / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
     frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # every report falls in one instant
-    monkeypatch.setattr(tap, "time", frozen)
+    monkeypatch.setattr(meter, "time", frozen)
     monkeypatch.setattr(pipeline, "time", frozen)
     reports: list[tuple[int, int]] = []
     settings = ArchiveSettings(**{**outputs.__dict__, "engine": engine})
@@ -625,7 +625,7 @@ def test_progress_is_one_figure_for_writing_and_validating(
     run = make_run(tmp_path / "seq", "run_1")
     (run / "big.bin").write_bytes(os.urandom(9 << 20))
     frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # only first and last reports
-    for module in (tap, pipeline, validate):
+    for module in (meter, pipeline, validate):
         monkeypatch.setattr(module, "time", frozen)
     reports: list[tuple[int, int]] = []
     settings = settings_with(outputs, tmp_path, mode, validate=mode)

@@ -36,7 +36,7 @@ import requests
 
 from dfarchive.coordination.store.couchdb import CouchStore
 
-SERVER_DIR = Path(__file__).resolve().parent / "couchdb"
+SERVER_DIR = Path(__file__).resolve().parents[1] / "couchdb"
 SERVER_JS = SERVER_DIR / "server.js"
 URL_VARIABLE = "DFARCHIVE_TEST_COUCHDB_URL"
 #: How long a server may take to start answering.

@@ -79,6 +79,16 @@ class GnupgHome:
             )
         return fingerprint
 
+    def stop_agent(self) -> None:
+        """Stop the gpg-agent (and other daemons) gpg started for this home."""
+        subprocess.run(
+            ["gpgconf", "--kill", "all"],
+            env=self.env,
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
+
 
 def primary_fingerprint(colons: bytes) -> str:
     """The fingerprint of the first key in a ``--with-colons`` listing."""
@@ -102,13 +112,7 @@ def gnupg_home(
     try:
         yield GnupgHome(home=str(home), fingerprint=fingerprint)
     finally:
-        subprocess.run(
-            ["gpgconf", "--kill", "all"],
-            env=handle.env,
-            check=False,
-            capture_output=True,
-            timeout=30,
-        )
+        handle.stop_agent()
 
 
 @pytest.fixture(scope="module")

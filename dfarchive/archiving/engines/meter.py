@@ -26,7 +26,7 @@ class PlaintextMeter:
 
     With ``threaded``, SHA-256 runs on a helper thread while the caller goes on (the
     caller keeps each chunk unchanged until its ticket is waited for, see
-    :meth:`update`); use the tap as a context manager then, to stop the helper.
+    :meth:`update`); use the meter as a context manager then, to stop the helper.
     """
 
     def __init__(
