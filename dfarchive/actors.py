@@ -36,6 +36,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
 
+from dfarchive.archiving.keys import Recipient
 from dfarchive.coordination.attempt import AttemptObserver, RecipientGate, attempt_run
 from dfarchive.coordination.fixity import MB, OK, RateLimiter
 from dfarchive.errors import DfArchiveError, Yielded
@@ -83,7 +84,7 @@ if _config.metrics_port is not None:
 
     broker.add_middleware(WorkerPrometheus())
 
-_runtime: Runtime | None = None
+_runtime: Runtime[Recipient] | None = None
 _gate: RecipientGate | None = None
 _observers: list[AttemptObserver] = []
 _audits: AuditSettings | None = None
@@ -119,7 +120,7 @@ class WorkerStartupChecks(Middleware):
             host=_runtime.worker_id,
         )
         _gate = RecipientGate(
-            _runtime.recipient,  # type: ignore[arg-type]
+            _runtime.recipient,
             gnupg_home=_config.gnupg_home,
             recheck_seconds=_config.scan_interval,
         )
@@ -150,7 +151,7 @@ def archive_run(run_id: str) -> None:
             run_id,
             worker_id=_runtime.worker_id,
             settings=_runtime.settings,
-            recipient=_runtime.recipient,  # type: ignore[arg-type]
+            recipient=_runtime.recipient,
             sequencing_path=_config.sequencing_path,
             observers=_observers,
             gate=_gate,

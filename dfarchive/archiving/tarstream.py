@@ -93,7 +93,10 @@ class TarStream:
             stdout=subprocess.PIPE,
         )
         try:
-            self.fd = self._child.proc.stdout.fileno()  # type: ignore[union-attr]
+            stdout = self._child.proc.stdout
+            if stdout is None:  # not with stdout=PIPE
+                raise RuntimeError("tar was started without a stdout pipe")
+            self.fd = stdout.fileno()
             """tar's stdout, non-blocking: for callers that poll it themselves."""
             prepare_pipe(self.fd)
         except BaseException:

@@ -328,7 +328,7 @@ def _decrypt_in_process(
         fd, block_size=READ_SIZE, digest="sha256", cancel=cancel, trail=trail
     ) as archive:
         try:
-            decrypt(archive, passphrase, plaintext, read_size=READ_SIZE, cancel=cancel)  # type: ignore[arg-type]
+            decrypt(archive, passphrase, plaintext, read_size=READ_SIZE, cancel=cancel)
         except CryptoError as exc:
             raise ValidationError(f"{where}: does not decrypt: {exc}") from None
         while archive.read():  # only counts: decrypt() refuses trailing data

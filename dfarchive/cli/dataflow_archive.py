@@ -22,6 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from dfarchive import __version__
+from dfarchive.archiving.keys import Recipient
 from dfarchive.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_INTERRUPTED,
@@ -122,7 +123,9 @@ def _start_metrics(
     return [metrics.archive]
 
 
-def _archive_here(runtime: Runtime, observers: list[AttemptObserver], *, once: bool) -> int:
+def _archive_here(
+    runtime: Runtime[Recipient], observers: list[AttemptObserver], *, once: bool
+) -> int:
     """Scan, claim and archive on this host until stopped (or one pass with ``once``)."""
     archiver = LocalArchiver(runtime, observers=observers)
     install_signal_handlers(archiver.stop, archiver.stop_now)

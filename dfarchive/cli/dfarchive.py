@@ -545,11 +545,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     record, code = _restore_record(args, config)
     if code is not None:
         return code
-    archive: Path = args.archive or (record.file if record else None)
+    archive: Path | None = args.archive or (record.file if record else None)
     key_file: Path | None = args.key or (record.key_file if record else None)
     if key_file is None:
         _say(f"the record of {args.run_id!r} names no key file; give --key")
         return EXIT_USAGE
+    if archive is None:  # no record comes back unless --archive and --key were given
+        raise RuntimeError(f"no archive file for run {args.run_id!r}")
     for what, path in (("archive", archive), ("key file", key_file)):
         if not path.is_file():
             _say(f"{what} {path} does not exist")

@@ -136,7 +136,7 @@ class TerminalProgress(AttemptObserver):
         (with ``refresh``) redraw every REFRESH_SECONDS so stalled runs show."""
         for handler in (logger or logging.getLogger()).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is self._out:
-                handler.setStream(self.stream)  # type: ignore[arg-type]
+                handler.setStream(self.stream)
         if refresh:
             self._refresher = threading.Thread(
                 target=self._refresh, name="progress-view", daemon=True

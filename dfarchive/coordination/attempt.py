@@ -251,7 +251,10 @@ def _checked_attempt(
     unusable = gate.check()
     if unusable is not None:
         return _recipient_unusable(store, claim, unusable), None
-    run_path = Path(os.path.normpath(claim.path))  # type: ignore[arg-type]  # checked above
+    stored = claim.path
+    if not isinstance(stored, str):  # run_path_problem() refused anything else above
+        raise TypeError(f"run {claim.run_id!r}: path {stored!r} is not a string")
+    run_path = Path(os.path.normpath(stored))
     return _archive_claimed(store, claim, run_path, settings, recipient, cancel, observers, gate)
 
 
@@ -355,7 +358,9 @@ def _failed(
     return AttemptOutcome.FAILED, None
 
 
-def _end(store: RunStore, claim: Claim, transition: Callable[[], dict]) -> dict | None:
+def _end(
+    store: RunStore, claim: Claim, transition: Callable[[], dict[str, Any]]
+) -> dict[str, Any] | None:
     """Apply the closing transition; None if the claim was lost meanwhile."""
     try:
         return with_store_retries(transition, f"[{claim.run_id}] update")

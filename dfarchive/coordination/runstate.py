@@ -4,7 +4,8 @@ A run document is a plain dict, exactly as stored in CouchDB (the original
 ``dataflow_archive`` tool's fields plus additive ones). Every transition takes the
 current document and returns a *new* dict, or raises :class:`TransitionRefused` when
 the document's state does not allow it. Returning the very same object means "already
-in the wanted state, nothing to write" (used to make retried writes idempotent).
+in the wanted state, nothing to write" (used to make retried writes idempotent), so
+the transitions that can do so take a :data:`RunDocument`, not any mapping.
 
 The stores apply these functions inside a compare-and-swap loop; nothing here does I/O.
 """
@@ -185,7 +186,7 @@ def _with_attempt(
 
 
 def claim(
-    doc: Mapping[str, Any],
+    doc: RunDocument,
     *,
     worker_id: str,
     token: str,
@@ -202,7 +203,7 @@ def claim(
     recognised as ours.
     """
     if _holds(doc, token):
-        return doc  # type: ignore[return-value]
+        return doc
     if doc.get("status") != PENDING:
         raise NotClaimable(
             f"run {doc.get('_id')!r} is {doc.get('status')!r}"
@@ -248,11 +249,11 @@ def _end_claim(doc: Mapping[str, Any], now: datetime, **changes: Any) -> RunDocu
 
 
 def finish(
-    doc: Mapping[str, Any], *, token: str, now: datetime, archive: Mapping[str, Any]
+    doc: RunDocument, *, token: str, now: datetime, archive: Mapping[str, Any]
 ) -> RunDocument:
     """processing → encrypted, recording what was produced."""
     if _ended_by(doc, token, ENCRYPTED):
-        return doc  # type: ignore[return-value]
+        return doc
     _require_claim(doc, token)
     return _end_claim(
         doc,
@@ -274,20 +275,20 @@ def _final_progress(doc: Mapping[str, Any], now: datetime) -> dict[str, Any] | N
 
 
 def fail(
-    doc: Mapping[str, Any], *, token: str, now: datetime, error: str, max_attempts: int
+    doc: RunDocument, *, token: str, now: datetime, error: str, max_attempts: int
 ) -> RunDocument:
     """processing → pending with ``failure_count + 1``, or → failed at ``max_attempts``."""
     if _ended_by(doc, token, PENDING, FAILED):
-        return doc  # type: ignore[return-value]
+        return doc
     _require_claim(doc, token)
     return _count_failure(doc, now=now, error=error, max_attempts=max_attempts)
 
 
-def fail_for_good(doc: Mapping[str, Any], *, token: str, now: datetime, error: str) -> RunDocument:
+def fail_for_good(doc: RunDocument, *, token: str, now: datetime, error: str) -> RunDocument:
     """processing → failed whatever ``failure_count`` says: retrying can't help (a
     document naming a folder it must not archive); an operator has to look."""
     if _ended_by(doc, token, FAILED):
-        return doc  # type: ignore[return-value]
+        return doc
     _require_claim(doc, token)
     return _count_failure(doc, now=now, error=error, max_attempts=1)
 
@@ -309,12 +310,12 @@ def _count_failure(
 
 
 def release(
-    doc: Mapping[str, Any], *, token: str, now: datetime, reason: str, error: bool = False
+    doc: RunDocument, *, token: str, now: datetime, reason: str, error: bool = False
 ) -> RunDocument:
     """processing → pending without counting a failure (shutdown, cancellation, no
     space). With ``error`` the reason is also the run's ``last_error``."""
     if _ended_by(doc, token, PENDING):
-        return doc  # type: ignore[return-value]
+        return doc
     _require_claim(doc, token)
     changes = {"last_error": reason[:ERROR_CHARS]} if error else {}
     attempts = _with_attempt(doc, now, "released", reason)
@@ -383,7 +384,7 @@ def retry(doc: Mapping[str, Any], *, now: datetime) -> RunDocument:
     return _touch(doc, now, status=PENDING, failure_count=0, enqueued_at=None)
 
 
-def adopt(doc: Mapping[str, Any], *, record: Mapping[str, Any], now: datetime) -> RunDocument:
+def adopt(doc: RunDocument, *, record: Mapping[str, Any], now: datetime) -> RunDocument:
     """Operator action: record the archive of a run the original tool archived.
 
     Only an ``encrypted`` run without an archive record can be adopted; ``record``
@@ -394,7 +395,7 @@ def adopt(doc: Mapping[str, Any], *, record: Mapping[str, Any], now: datetime) -
     """
     adopted = {**record, "adopted_at": timestamp(now)}
     if doc.get("archive") == adopted:
-        return doc  # type: ignore[return-value]
+        return doc
     if doc.get("status") != ENCRYPTED:
         raise TransitionRefused(
             f"run {doc.get('_id')!r} is {doc.get('status')!r}; only encrypted runs can be "
@@ -429,7 +430,7 @@ FIXITY_HISTORY_KEPT = 10
 
 
 def record_fixity(
-    doc: Mapping[str, Any], *, check: Mapping[str, Any], history_kept: int = FIXITY_HISTORY_KEPT
+    doc: RunDocument, *, check: Mapping[str, Any], history_kept: int = FIXITY_HISTORY_KEPT
 ) -> RunDocument:
     """Record an audit's outcome as ``fixity``; the previous one joins the bounded
     ``fixity_history``. Clears ``fixity_enqueued_at`` (a duplicate message then finds
@@ -437,7 +438,7 @@ def record_fixity(
     (a retried write that committed).
     """
     if doc.get("fixity") == check:
-        return doc  # type: ignore[return-value]
+        return doc
     if doc.get("status") != ENCRYPTED:
         raise TransitionRefused(
             f"run {doc.get('_id')!r} is {doc.get('status')!r}; only encrypted runs are audited"

@@ -9,10 +9,12 @@ for what this module does not read.
 """
 
 from dfarchive.openpgp.reader import DecryptResult, decrypt, decrypt_bytes
+from dfarchive.openpgp.streams import ByteSource
 from dfarchive.openpgp.writer import PASSPHRASE_TYPE, SymmetricWriter, encrypt_bytes
 
 __all__ = [
     "PASSPHRASE_TYPE",
+    "ByteSource",
     "DecryptResult",
     "SymmetricWriter",
     "decrypt",

@@ -83,7 +83,12 @@ def cipher_spec(algo: int) -> CipherSpec:
     return spec
 
 
-def _context(spec: CipherSpec, key: bytes, mode: modes.Mode, encrypt: bool) -> CipherContext:
+def _context(
+    spec: CipherSpec,
+    key: bytes,
+    mode: modes.ECB | modes.ModeWithInitializationVector,
+    encrypt: bool,
+) -> CipherContext:
     try:
         cipher = Cipher(spec.factory(key), mode)
         return cipher.encryptor() if encrypt else cipher.decryptor()

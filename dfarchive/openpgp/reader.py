@@ -17,19 +17,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from dfarchive.errors import Cancelled, CryptoError, IntegrityError, UnsupportedMessage
 from dfarchive.openpgp import packets as p
+from dfarchive.openpgp.buffers import grown
 from dfarchive.openpgp.ciphers import CIPHERS, CipherSpec, cfb_decrypt, cfb_decryptor, cipher_spec
 from dfarchive.openpgp.s2k import S2K
 from dfarchive.openpgp.streams import (
     EMPTY,
     BodyStream,
     Buffered,
+    ByteSource,
     FileStream,
     InflateStream,
-    grown,
     read_header,
     read_small_body,
 )
@@ -111,7 +111,7 @@ class _Output:
 
 
 def decrypt(
-    source: BinaryIO,
+    source: ByteSource,
     passphrase: bytes,
     sink: Sink | None = None,
     *,
@@ -121,7 +121,8 @@ def decrypt(
     """Read one symmetrically encrypted message from ``source`` and verify it.
 
     Parameters:
-        source: a file object with ``readinto`` or ``read``, positioned at the message.
+        source: a file object, or anything with ``read(n)`` (see :class:`ByteSource`),
+            positioned at the message.
         passphrase: the passphrase bytes.
         sink: receives the literal data in order (None: discard, only verify). A
             memoryview passed to it is valid only during the call. What reached the sink

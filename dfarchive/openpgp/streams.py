@@ -11,7 +11,8 @@ from __future__ import annotations
 import bz2
 import threading
 import zlib
-from typing import BinaryIO, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from dfarchive.errors import Cancelled, IntegrityError, UnsupportedMessage
 from dfarchive.openpgp import packets as p
@@ -31,12 +32,22 @@ class Stream(Protocol):
     def read(self, n: int) -> memoryview: ...
 
 
-class FileStream:
-    """Reads a file object (``readinto`` or ``read``) into one reused buffer."""
+class ByteSource(Protocol):
+    """What :func:`~dfarchive.openpgp.decrypt` reads a message from: a file object, or
+    anything with ``read(n)`` (a read-ahead or hashing reader). When the object also has
+    ``readinto(buffer) -> int | None``, that is used instead, to reuse one buffer."""
 
-    def __init__(self, source: BinaryIO, read_size: int, cancel: threading.Event | None) -> None:
+    def read(self, n: int, /) -> bytes | bytearray | memoryview: ...
+
+
+class FileStream:
+    """Reads a :class:`ByteSource` (``readinto`` or ``read``) into one reused buffer."""
+
+    def __init__(self, source: ByteSource, read_size: int, cancel: threading.Event | None) -> None:
         self._source = source
-        self._readinto = getattr(source, "readinto", None)
+        self._readinto: Callable[[memoryview], int | None] | None = getattr(
+            source, "readinto", None
+        )
         self._buffer: memoryview | None = None
         self._read_size = read_size
         self._capacity = min(read_size, FIRST_READ)
@@ -224,8 +235,10 @@ class BodyStream:
 
 
 class _Decompressor(Protocol):
-    eof: bool
-    unused_data: bytes
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
 
     def decompress(self, data: bytes | memoryview, max_length: int = ..., /) -> bytes: ...
 

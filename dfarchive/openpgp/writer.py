@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 from dfarchive.errors import CryptoError
 from dfarchive.openpgp import packets as p
@@ -32,6 +33,15 @@ WRITER_CIPHER = p.CIPHER_AES256
 WRITER_S2K_HASH = p.HASH_SHA256
 
 Sink = Callable[[bytes | memoryview], object]
+
+
+class WriterOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`SymmetricWriter`, for :func:`encrypt_bytes`."""
+
+    filename: bytes
+    chunk_size: int
+    s2k_count_byte: int
+    mtime: int
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
@@ -254,10 +264,10 @@ def _check_arguments(
 
 
 def encrypt_bytes(
-    data: bytes | bytearray | memoryview, passphrase: bytes, **kwargs: object
+    data: bytes | bytearray | memoryview, passphrase: bytes, **kwargs: Unpack[WriterOptions]
 ) -> bytes:
     """The whole message for ``data``; keyword arguments as for :class:`SymmetricWriter`."""
     out = bytearray()
-    with SymmetricWriter(out.extend, passphrase, **kwargs) as writer:  # type: ignore[arg-type]
+    with SymmetricWriter(out.extend, passphrase, **kwargs) as writer:
         writer.write(data)
     return bytes(out)

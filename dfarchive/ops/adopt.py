@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from dfarchive.archiving.keys import (
     END_OF_OPTIONS,
@@ -41,7 +41,7 @@ from dfarchive.archiving.keys import (
 from dfarchive.archiving.pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
 from dfarchive.coordination.scan import run_id_problem
 from dfarchive.errors import AdoptionError, CryptoError, DfArchiveError, IntegrityError
-from dfarchive.openpgp import decrypt
+from dfarchive.openpgp import ByteSource, decrypt
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.s2k import S2K
 from dfarchive.openpgp.streams import BodyStream, Buffered, FileStream, read_header, read_small_body
@@ -94,7 +94,7 @@ class ArchiveShape:
     cipher: int
 
 
-def check_symmetric_message(source: BinaryIO, *, whole: bool = True) -> ArchiveShape:
+def check_symmetric_message(source: ByteSource, *, whole: bool = True) -> ArchiveShape:
     """Check ``source`` is one OpenPGP symmetric message as ``gpg --symmetric`` writes it.
 
     One or more SKESK v4 packets (markers allowed), then one SEIPD v1 packet; with
@@ -179,7 +179,7 @@ def read_archive(path: Path, passphrase: bytes | None = None) -> _Read:
     try:
         if passphrase is None:
             reader = _HashingReader(fd, None)
-            _checked(path, lambda: check_symmetric_message(reader))  # type: ignore[arg-type]
+            _checked(path, lambda: check_symmetric_message(reader))
             plaintext: dict[str, Any] = {}
         else:
             with open(path, "rb", buffering=0) as head:
@@ -206,7 +206,7 @@ def _checked(path: Path, check: Callable[[], object]) -> None:
 def _decrypted(path: Path, reader: _HashingReader, passphrase: bytes) -> dict[str, Any]:
     plaintext = _Plaintext()
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE)  # type: ignore[arg-type]
+        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE)
     except CryptoError as error:
         raise AdoptionError(f"archive {path} does not decrypt with its key: {error}") from None
     summary = plaintext.index.summary()

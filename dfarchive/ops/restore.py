@@ -51,7 +51,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO, Literal, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, Literal, NoReturn, Self
 
 from dfarchive.archiving.keys import gpg_passphrase
 from dfarchive.archiving.partialfile import fsync_directory
@@ -59,6 +59,17 @@ from dfarchive.archiving.tarheaders import BLOCK, MAX_META_SIZE, TarHeaderWalker
 from dfarchive.errors import Cancelled, CryptoError, DfArchiveError, ValidationError
 from dfarchive.openpgp import decrypt
 from dfarchive.openpgp.reader import PIECE_SIZE
+
+if TYPE_CHECKING:  # tarfile internals used below, which typeshed does not declare
+
+    def nti(s: bytes) -> int: ...
+
+    class EmptyHeaderError(tarfile.HeaderError): ...
+
+    class SubsequentHeaderError(tarfile.HeaderError): ...
+
+else:
+    from tarfile import EmptyHeaderError, SubsequentHeaderError, nti
 
 log = logging.getLogger(__name__)
 
@@ -580,6 +591,11 @@ class _Header(tarfile.TarInfo):
 
     _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
+    if TYPE_CHECKING:  # tarfile reads only what a _HeaderSource has from its "TarFile"
+
+        @classmethod
+        def fromtarfile(cls, tarfile: tarfile.TarFile | _HeaderSource) -> Self: ...
+
 
 class _HeaderSource:
     """What :meth:`tarfile.TarInfo.fromtarfile` reads one member's header blocks from
@@ -597,7 +613,7 @@ class _HeaderSource:
         """The member described by ``blocks`` (its header, after any long-name and pax
         headers with their data). Raises tarfile.HeaderError, UnsafeMember."""
         self.fileobj = io.BytesIO(blocks)
-        return _Header.fromtarfile(self)  # type: ignore[arg-type]
+        return _Header.fromtarfile(self)
 
 
 class TarExtraction:
@@ -678,7 +694,7 @@ class TarExtraction:
             self._header_end()
             return
         try:  # the checksum is checked when tarfile parses the whole
-            size = tarfile.nti(block[_SIZE])
+            size = nti(block[_SIZE])
         except tarfile.HeaderError:
             self._header_end()
             return
@@ -693,11 +709,11 @@ class TarExtraction:
         self._need = BLOCK
         try:
             member = self._source.member(blocks)
-        except tarfile.SubsequentHeaderError as error:
+        except SubsequentHeaderError as error:
             raise self._unreadable(error) from None
         except tarfile.HeaderError as error:
             if not self.members:
-                empty = isinstance(error, tarfile.EmptyHeaderError)
+                empty = isinstance(error, EmptyHeaderError)
                 raise self._unreadable("empty file" if empty else error) from None
             self._ended = True  # tarfile ends the stream here; the count tells
             return

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from dfarchive.archiving.keys import gpg_passphrase
 from dfarchive.archiving.tarheaders import TarHeaderWalker
@@ -127,7 +127,7 @@ def archive_record(doc: Mapping[str, Any]) -> ArchiveRecord:
     )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -346,7 +346,7 @@ def _deep_pass(
     plaintext = _Plaintext()
     _advise_sequential(fd)
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE, cancel=reader.cancel)  # type: ignore[arg-type]
+        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE, cancel=reader.cancel)
         decrypted = True
     except CryptoError as error:
         decrypted = False

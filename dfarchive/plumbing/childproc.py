@@ -132,7 +132,10 @@ class Child:
         except OSError as exc:
             raise ToolError(f"{what}: cannot start {argv[0]}: {exc}") from None
         try:
-            self._stderr = StderrTail(self.proc.stderr, argv[0])  # type: ignore[arg-type]
+            stderr = self.proc.stderr
+            if stderr is None:  # not with stderr=PIPE
+                raise RuntimeError(f"{what}: started without a stderr pipe")
+            self._stderr = StderrTail(stderr, argv[0])
         except BaseException:
             self.kill()
             raise

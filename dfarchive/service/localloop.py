@@ -33,8 +33,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cached_property
+from functools import cached_property, partial
 
+from dfarchive.archiving.keys import Recipient
 from dfarchive.coordination import fixity, runstate
 from dfarchive.coordination.attempt import (
     AttemptObserver,
@@ -62,7 +63,9 @@ class _Active:
 
 
 class LocalArchiver:
-    def __init__(self, runtime: Runtime, *, observers: Sequence[AttemptObserver] = ()) -> None:
+    def __init__(
+        self, runtime: Runtime[Recipient], *, observers: Sequence[AttemptObserver] = ()
+    ) -> None:
         self.runtime = runtime
         self.config = runtime.config
         self.observers = tuple(observers)
@@ -88,7 +91,7 @@ class LocalArchiver:
     def gate(self) -> RecipientGate:
         """Closed while the recipient key is unusable: no new runs are claimed."""
         return RecipientGate(
-            self.runtime.recipient,  # type: ignore[arg-type]
+            self.runtime.recipient,
             gnupg_home=self.config.gnupg_home,
             recheck_seconds=self.config.scan_interval,
         )
@@ -170,7 +173,7 @@ class LocalArchiver:
             run_id,
             worker_id=self.runtime.worker_id,
             settings=self.runtime.settings,
-            recipient=self.runtime.recipient,  # type: ignore[arg-type]
+            recipient=self.runtime.recipient,
             sequencing_path=self.config.sequencing_path,
             cancel=cancel,
             observers=self.observers,
@@ -178,7 +181,7 @@ class LocalArchiver:
         )
         self.active[run_id] = _Active(future, cancel)
         self._started += 1
-        future.add_done_callback(lambda f, run_id=run_id: self._done(run_id, f))
+        future.add_done_callback(partial(self._done, run_id))
 
     def _done(self, run_id: str, future: Future[AttemptOutcome]) -> None:
         with self._lock:
@@ -223,7 +226,7 @@ class LocalArchiver:
                 cancel=cancel,
             )
             self._audit = _Active(future, cancel)
-        future.add_done_callback(lambda f, run_id=doc["_id"]: self._audited(run_id, f))
+        future.add_done_callback(partial(self._audited, doc["_id"]))
 
     def _next_due(self) -> runstate.RunDocument | None:
         """The next run due for an audit (the encrypted runs are read again when the

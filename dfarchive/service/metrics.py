@@ -140,7 +140,7 @@ class StoreCollector:
         self.interval = interval
         self._lock = threading.Lock()
         self._read_at = -float("inf")
-        self._counts: dict[str, int] = {}
+        self._counts: dict[Any, int] = {}  # by ``status`` as stored: any JSON value
         self._fixity = FixityCounts()
         self._up = 0
 
@@ -156,13 +156,13 @@ class StoreCollector:
                 log.warning("metrics: cannot read the store: %s", error)
                 self._up = 0
                 return
-            counts = dict.fromkeys(STATUSES, 0)
-            audits, now = FixityCounts(), datetime.now(UTC)
+            counts: dict[Any, int] = dict.fromkeys(STATUSES, 0)
+            audits, wall_now = FixityCounts(), datetime.now(UTC)
             for doc in docs:
                 status = doc.get("status")
                 counts[status] = counts.get(status, 0) + 1
                 if status == ENCRYPTED:
-                    audits.add(doc, now)
+                    audits.add(doc, wall_now)
             self._counts, self._fixity, self._up = counts, audits, 1
 
     def collect(self) -> Iterator[Metric]:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from dfarchive.archiving.keys import Recipient, resolve_recipient
 from dfarchive.archiving.pipeline import ArchiveSettings
@@ -19,14 +20,17 @@ from dfarchive.errors import RecipientError, StartupError, StoreError
 from dfarchive.service.config import Config
 from dfarchive.service.stores import open_store
 
+R = TypeVar("R", bound="Recipient | None")
+
 
 @dataclass
-class Runtime:
-    """What a worker needs, checked and ready."""
+class Runtime(Generic[R]):
+    """What a worker needs, checked and ready: a ``Runtime[Recipient]`` for workers,
+    which wrap keys; a ``Runtime[None]`` for commands that never do."""
 
     config: Config
     store: RunStore
-    recipient: Recipient | None  # None for commands that never wrap keys
+    recipient: R
     settings: ArchiveSettings
     worker_id: str
 
@@ -102,8 +106,13 @@ def check_recipient(config: Config) -> Recipient:
         raise StartupError(f"{config.source}: gpg_receiver: {error}") from None
 
 
-def prepare(config: Config, *, need_recipient: bool = True) -> Runtime:
-    """Run every start-up check; return the ready runtime.
+@overload
+def prepare(config: Config, *, need_recipient: Literal[True] = ...) -> Runtime[Recipient]: ...
+@overload
+def prepare(config: Config, *, need_recipient: Literal[False]) -> Runtime[None]: ...
+def prepare(config: Config, *, need_recipient: bool = True) -> Runtime[Any]:
+    """Run every start-up check; return the ready runtime (a ``Runtime[Recipient]``
+    unless ``need_recipient`` is False, as the overloads above tell callers).
 
     Raises: StartupError (one line: what is wrong, which key, what to do).
     """

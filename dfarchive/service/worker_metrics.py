@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from dramatiq.middleware.prometheus import DB_PATH, Prometheus
@@ -34,7 +35,7 @@ class WorkerPrometheus(Prometheus):
     """Dramatiq's Prometheus middleware, serving on the configured ``metrics_port``."""
 
     @property
-    def forks(self):  # type: ignore[override]
+    def forks(self) -> list[Callable[[], int]]:
         return [serve_worker_metrics]
 
 

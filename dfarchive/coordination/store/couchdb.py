@@ -189,11 +189,12 @@ class CouchStore(RunStore):
         """
         if not _storable_id(run_id):
             return None  # CouchDB cannot hold a run document with this id
-        return self._call(
+        doc: RunDocument | None = self._call(  # the JSON document, or None for 404
             f"reading run {run_id!r}",
             lambda: self._client.get_document(db=self.database, doc_id=run_id),
             tolerate=(404,),
         )
+        return doc
 
     def get_many(self, run_ids: Iterable[str]) -> dict[str, RunDocument]:
         """The stored documents of those of ``run_ids`` that exist, in one request.
