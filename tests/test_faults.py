@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from dfarchive.coordination.store import SqliteStore
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"
@@ -102,13 +103,12 @@ class Site:
             return {doc["_id"]: doc for doc in store.runs()}
 
     def wait_for(self, predicate, what: str, timeout: float = 60) -> dict[str, dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> tuple[dict[str, dict]] | None:
             docs = self.docs()
-            if predicate(docs):
-                return docs
-            time.sleep(0.05)  # polling the state file with a deadline
-        raise AssertionError(f"timed out waiting for {what}: {self.docs()}")
+            return (docs,) if predicate(docs) else None  # a tuple: true even if docs is {}
+
+        (docs,) = wait_until(ready, timeout, what, detail=self.docs)
+        return docs
 
     def wait_leases_expired(self, timeout: float = 30) -> None:
         def expired(docs: dict[str, dict]) -> bool:
@@ -209,10 +209,11 @@ def test_paused_worker_abandons_a_run_taken_over_by_another(tmp_path, gnupg_home
         taken_over = site.docs()["run_paused"]
         assert taken_over["status"] == "encrypted"
         os.killpg(paused.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while "abandoning this attempt" not in (tmp_path / "paused.log").read_text():
-            assert time.monotonic() < deadline, (tmp_path / "paused.log").read_text()
-            time.sleep(0.1)  # polling the log with a deadline
+        wait_until(
+            lambda: "abandoning this attempt" in (tmp_path / "paused.log").read_text(),
+            30, "the paused worker abandoning its attempt", every=0.1,
+            detail=(tmp_path / "paused.log").read_text,
+        )  # fmt: skip
         paused.send_signal(signal.SIGINT)
         paused.wait(timeout=60)
     finally:
@@ -249,10 +250,7 @@ def test_disk_full_mid_archive_fails_cleanly_and_retries_later(tmp_path, gnupg_h
     source_before = (run / "data.cbcl").read_bytes()
     proc = site.start(slow=True)
     try:
-        deadline = time.monotonic() + 60
-        while not site.partials():
-            assert time.monotonic() < deadline, "the archive never started"
-            time.sleep(0.05)  # polling the destination with a deadline
+        wait_until(site.partials, 60, "the archive to start")
         # something else fills the volume while the archive is being written
         filler = small_disk / "filler"
         fill_up(filler)

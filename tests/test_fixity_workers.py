@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import socket
 import statistics
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dfarchive.coordination.runstate import parse_timestamp
 from tests.support.amqp import message_count
 from tests.support.deployment import Deployment
 from tests.support.legacy_tool import archive_like_the_original, legacy_document
+from tests.support.waiting import wait_until
 
 SMALL_RUNS = 30
 BIG_RUNS = 3
@@ -130,10 +130,11 @@ def test_audits_record_every_run_yield_to_archiving_and_keep_their_rate(facility
     listed = facility.cli("status", "--fixity", "failed").stdout.splitlines()
     assert [line.split()[0] for line in listed[1:-1]] == [legacy[0]]
     url = f"http://127.0.0.1:{yaml_port(facility)}/metrics"
-    deadline = time.monotonic() + 30
-    while metric(url, 'dfarchive_fixity_runs{result="failed"}') != 1.0:
-        assert time.monotonic() < deadline, requests.get(url, timeout=10).text
-        time.sleep(0.5)  # the collector re-reads the store every scan_interval
+    wait_until(  # every 0.5 s: the collector re-reads the store every scan_interval
+        lambda: metric(url, 'dfarchive_fixity_runs{result="failed"}') == 1.0,
+        30, "one failed run in the metrics", every=0.5,
+        detail=lambda: requests.get(url, timeout=10).text,
+    )  # fmt: skip
     assert metric(url, 'dfarchive_fixity_runs{result="missing"}') == 1.0
     assert (metric(url, "dfarchive_fixity_oldest_check_age_seconds") or 0) > 0
     read = sum(
@@ -151,10 +152,10 @@ def test_audits_record_every_run_yield_to_archiving_and_keep_their_rate(facility
     assert statistics.median(rates) >= 0.8 * RATE_MB_S, rates
 
     # a new run registered during a full audit backlog is archived first
-    deadline = time.monotonic() + 60
-    while message_count(facility.amqp_url, facility.queue + ".fixity") == 0:
-        assert time.monotonic() < deadline, "no audit backlog formed"
-        time.sleep(0.2)  # polling the broker with a deadline
+    wait_until(
+        lambda: message_count(facility.amqp_url, facility.queue + ".fixity") != 0,
+        60, "an audit backlog", every=0.2,
+    )  # fmt: skip
     facility.run_folder("NEW_RUN", 100_000, random=True)
     docs = facility.wait_for(
         lambda d: d.get("NEW_RUN", {}).get("status") == "encrypted", "the new run archived"

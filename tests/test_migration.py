@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
+from tests.support.archives import tree
+from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home
 from tests.support.legacy_tool import (
     NEWLINE_KEY,
     NUL_KEY,
@@ -36,7 +37,6 @@ from tests.support.legacy_tool import (
     legacy_document,
     legacy_timestamp,
 )
-from tests.test_restore import tree
 
 BIN = Path(sys.executable).parent
 ORIGINAL_FIELDS = ("_id", "path", "status", "worker_id", "failure_count", "created_at",
@@ -162,10 +162,7 @@ def build_legacy_facility(root: Path, server, database: str, home: GnupgHome) ->
 def facility(couchdb_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Facility]:
     """The legacy facility, taken over in the README's order."""
     root = tmp_path_factory.mktemp("facility")
-    gpg_dir = tmp_path_factory.mktemp("gpg")
-    gpg_dir.chmod(0o700)
-    home = GnupgHome(home=str(gpg_dir), fingerprint="")
-    home = GnupgHome(home=str(gpg_dir), fingerprint=home.make_key(TEST_UID))
+    home = new_gnupg_home(tmp_path_factory.mktemp("gpg"))
     database = f"dfarchive_test_{uuid.uuid4().hex[:16]}"
     try:
         built = build_legacy_facility(root, couchdb_server, database, home)
@@ -178,7 +175,7 @@ def facility(couchdb_server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         built.after = documents(couchdb_server, database)
         yield built
     finally:
-        subprocess.run(["gpgconf", "--kill", "all"], env=home.env, capture_output=True)
+        home.stop_agent()
         couchdb_server.request("DELETE", f"/{database}")
 
 

@@ -19,6 +19,7 @@ import requests
 
 from tests.support.amqp import message_count
 from tests.support.deployment import Deployment
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -258,18 +259,23 @@ def test_queue_depth_shows_the_backlog_as_ready(deployment):
     d.scheduler()
     d.worker("hostA", threads=1)
     d.wait_for(in_flight(1), "one run in flight")
-    deadline = time.monotonic() + 60
-    while True:
-        queue = requests.get(
-            f"http://127.0.0.1:15672/api/queues/%2F/{d.queue}",
-            auth=("guest", "guest"),
-            timeout=10,
-        ).json()
-        ready, unacked = queue.get("messages_ready"), queue.get("messages_unacknowledged")
-        if (ready, unacked) == (4, 1) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)  # the management API refreshes its counters every few seconds
-    assert (ready, unacked) == (4, 1), json.dumps(queue)[:500]
+    queue: dict = {}
+
+    def four_ready_one_unacked() -> bool:
+        queue.clear()
+        queue.update(
+            requests.get(
+                f"http://127.0.0.1:15672/api/queues/%2F/{d.queue}",
+                auth=("guest", "guest"),
+                timeout=10,
+            ).json()
+        )
+        return (queue.get("messages_ready"), queue.get("messages_unacknowledged")) == (4, 1)
+
+    wait_until(  # every 0.5 s: the management API refreshes its counters every few seconds
+        four_ready_one_unacked, 60, "4 messages ready and 1 unacknowledged", every=0.5,
+        detail=lambda: json.dumps(queue)[:500],
+    )  # fmt: skip
 
 
 def test_a_worker_whose_recipient_became_unusable_claims_nothing(deployment):
@@ -303,12 +309,11 @@ def test_a_worker_whose_recipient_became_unusable_claims_nothing(deployment):
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)  # polling the log file with a deadline
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text()[-3000:]}")
+    wait_until(
+        lambda: path.exists() and text in path.read_text(errors="replace"),
+        timeout, f"{text!r} in {path}", every=0.1,
+        detail=lambda: "\n" + path.read_text()[-3000:],
+    )  # fmt: skip
 
 
 def test_a_worker_that_fails_its_start_up_checks_stops_and_takes_no_message(
@@ -331,10 +336,9 @@ def test_a_worker_that_fails_its_start_up_checks_stops_and_takes_no_message(
     finally:
         broker.close()
     worker = d.worker("h1")
-    deadline = time.monotonic() + 120
-    while worker.poll() is None:
-        assert time.monotonic() < deadline, "the worker kept running: " + d.logs()
-        time.sleep(0.2)  # polling the process with a deadline
+    wait_until(
+        lambda: worker.poll() is not None, 120, "the worker to stop", every=0.2, detail=d.logs
+    )
     log = (d.tmp / "worker-h1.log").read_text()
     assert worker.returncode != 0, log
     assert "worker cannot start" in log and f"127.0.0.1:{port}" in log

@@ -21,8 +21,8 @@ from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.ops.restore import restore_archive
-from tests.support.gpg import GnupgHome
-from tests.support.workspace import SENTINEL, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
+from tests.support.workspace import SENTINEL
 
 SHM = Path("/dev/shm")
 SMALL_FILES, PER_DIRECTORY = 100_000, 1_000
@@ -52,12 +52,12 @@ def scratch() -> Iterator[Path]:
 
 @pytest.fixture
 def keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GnupgHome]:
-    home = new_gnupg_home(tmp_path)
+    home = new_gnupg_home(tmp_path / "gpg")
     monkeypatch.setenv("GNUPGHOME", home.home)
     try:
         yield home
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 def archive_once(base: Path, run: Path, keyring: GnupgHome, store_dir: Path) -> dict:

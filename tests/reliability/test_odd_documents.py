@@ -23,8 +23,8 @@ import pytest
 from dfarchive.service.config import load_config
 from dfarchive.service.scheduler import schedule_pass
 from dfarchive.service.stores import open_store
-from tests.support.gpg import GnupgHome
-from tests.support.workspace import Finished, Workspace, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
+from tests.support.workspace import Finished, Workspace
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -35,11 +35,11 @@ WEIRD_RUN = "run 'q' \"dq\" #1 ?x=%2F&y"  # quotes, spaces and URL syntax in a d
 
 @pytest.fixture(scope="module")
 def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnupgHome]:
-    home = new_gnupg_home(tmp_path_factory.mktemp("odd"))
+    home = new_gnupg_home(tmp_path_factory.mktemp("odd") / "gpg")
     try:
         yield home
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 @dataclass

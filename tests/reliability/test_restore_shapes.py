@@ -1,4 +1,4 @@
-"""``restore`` against crafted hostile archives: shapes ``tests/test_restore.py`` does
+"""``restore`` against crafted hostile archives: shapes ``tests/ops/test_restore.py`` does
 not cover (GNU long names and long link targets, pax path records, link chains, a
 top-level link, a file used as a directory, entries beside the run folder, NUL bytes in
 pax names). Each is encrypted with dfarchive's OpenPGP writer like a real archive; a

@@ -22,13 +22,12 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import SqliteStore
 from dfarchive.service.config import Config, load_config
 from dfarchive.service.scheduler import schedule_pass
+from tests.support.gpg import new_gnupg_home
 from tests.support.workspace import (
     SENTINEL,
     Workspace,
     descendants,
-    new_gnupg_home,
     plaintext_of,
-    stop_agent,
     tar_members,
 )
 
@@ -37,11 +36,11 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def keyring(tmp_path_factory: pytest.TempPathFactory):
-    home = new_gnupg_home(tmp_path_factory.mktemp("keyring"))
+    home = new_gnupg_home(tmp_path_factory.mktemp("keyring") / "gpg")
     try:
         yield home
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 @dataclass

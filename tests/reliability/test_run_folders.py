@@ -19,15 +19,13 @@ from pathlib import Path
 import pytest
 
 from dfarchive.ops.restore import restore_archive
-from tests.support.gpg import tree_snapshot
+from tests.support.gpg import new_gnupg_home, tree_snapshot
 from tests.support.workspace import (
     SENTINEL,
     Finished,
     Workspace,
     descendants,
-    new_gnupg_home,
     plaintext_of,
-    stop_agent,
     tar_members,
 )
 
@@ -191,7 +189,7 @@ def build_zoo(ws: Workspace, outside: Path) -> None:
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     base = tmp_path_factory.mktemp("zoo")
-    home = new_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         ws = Workspace(base, home)
         build_zoo(ws, base / "outside")
@@ -201,7 +199,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
         assert set(descendants(os.getpid())) <= before  # no tar/gpg left behind
         yield Zoo(ws, result, base / "outside")
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 def test_the_run_ends_with_exit_1_and_leaves_nothing_half_done(zoo: Zoo) -> None:

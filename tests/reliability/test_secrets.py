@@ -16,7 +16,6 @@ import resource
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,15 +27,14 @@ from dfarchive.coordination import attempt as attempt_module
 from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.service.config import load_config
-from tests.support.gpg import GnupgHome
+from tests.support.gpg import GnupgHome, new_gnupg_home
+from tests.support.waiting import wait_until
 from tests.support.workspace import (
     BIN,
     ProcessSampler,
     Workspace,
     files_holding,
-    new_gnupg_home,
     started,
-    stop_agent,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,11 +44,11 @@ PASSWORD_ENV = "DFARCHIVE_STATUSDB_PASSWORD"
 
 @pytest.fixture
 def keyring(tmp_path: Path) -> Iterator[GnupgHome]:
-    home = new_gnupg_home(tmp_path)  # inside the workspace: searched like the rest
+    home = new_gnupg_home(tmp_path / "gpg")  # inside the workspace: searched like the rest
     try:
         yield home
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 def slow_run(ws: Workspace, name: str) -> Path:
@@ -252,11 +250,11 @@ def test_dataflow_archive_holding_a_run_key_cannot_dump_core(
         argv, env=ws.env(), cwd=ws.base, preexec_fn=allow_core_dumps, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (ws.partials() and children_of(process.pid)):  # archiving: key held
+        def archiving() -> bool:  # the key is held
             assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)  # polling files with a deadline
+            return bool(ws.partials() and children_of(process.pid))
+
+        wait_until(archiving, 60, "the run to start")
         limits = {pid: core_limit(pid) for pid in [process.pid, *children_of(process.pid)]}
     finally:
         process.kill()

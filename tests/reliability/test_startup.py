@@ -1,7 +1,7 @@
 """Bad configuration and bad surroundings at start-up: every one is a one-line error,
 exit code 2, quickly, with no traceback and no secret in the output.
 
-The config-file cases complete ``tests/test_config.py`` (only shapes it lacks); the
+The config-file cases complete ``tests/service/test_config.py`` (only shapes it lacks); the
 start-up cases run the real ``dataflow_archive`` / ``dfarchive`` processes against an
 unreachable CouchDB and RabbitMQ, the CouchDB test server with a wrong password, a
 keyring with unusable keys, and a read-only destination (a read-only bind mount: as
@@ -27,8 +27,9 @@ from dfarchive.coordination.attempt import AttemptOutcome, attempt_run
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.errors import ConfigError
 from dfarchive.service.config import load_config
-from tests.support.gpg import GnupgHome
-from tests.support.workspace import Finished, Workspace, new_gnupg_home, stop_agent
+from tests.support.gpg import GnupgHome, new_gnupg_home
+from tests.support.waiting import wait_until
+from tests.support.workspace import Finished, Workspace
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -60,13 +61,13 @@ def closed_port() -> int:
 @pytest.fixture(scope="module")
 def keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnupgHome]:
     """A recipient key, plus an expired one and a sign-only one."""
-    home = new_gnupg_home(tmp_path_factory.mktemp("startup"))
+    home = new_gnupg_home(tmp_path_factory.mktemp("startup") / "gpg")
     home.make_key("expired <expired@dfarchive.invalid>", expire="1d", faked_time="20200101T000000!")
     home.make_key("signer <signer@dfarchive.invalid>", subkey_usage=None)
     try:
         yield home
     finally:
-        stop_agent(home)
+        home.stop_agent()
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def ws(tmp_path: Path, keyring: GnupgHome) -> Workspace:
     return Workspace(tmp_path, keyring)
 
 
-# -- the config file (shapes tests/test_config.py does not have) --------------------------
+# -- the config file (shapes tests/service/test_config.py does not have) ------------------
 
 
 def base_config(tmp_path: Path) -> str:
@@ -328,16 +329,6 @@ def test_config_errors_need_no_traceback_even_with_odd_bytes(ws: Workspace) -> N
 # -- the recipient lost after start-up --------------------------------------------------
 
 
-def poll(condition, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval; the loop re-checks the condition
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
     ws: Workspace,
     keyring: GnupgHome,
@@ -374,12 +365,13 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
     caplog.set_level(logging.INFO, logger="dfarchive")
     loop.start()
     try:
-        docs = poll(
+        docs = wait_until(
             lambda: (
                 (d := ws.documents())
                 and sum(doc.get("last_error") is not None for doc in d.values()) == 2
                 and d
             ),
+            60,
             "two runs released",
         )
         released = {run_id: doc for run_id, doc in docs.items() if doc.get("last_error")}
@@ -390,7 +382,7 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
                 f"'{keyring.fingerprint}': no public key found"
             )
         seen = len(checks)
-        poll(lambda: len(checks) >= seen + 3, "three re-checks of the key")
+        wait_until(lambda: len(checks) >= seen + 3, 60, "three re-checks of the key")
         assert ws.documents() == docs  # nothing claimed meanwhile
         untouched = [doc for doc in docs.values() if not doc.get("last_error")]
         assert len(untouched) == 1 and "claim_token" not in untouched[0]
@@ -399,8 +391,9 @@ def test_a_recipient_removed_mid_way_pauses_the_loop_uncounted_until_it_is_back(
         assert keyring.fingerprint in loud[0].getMessage()
 
         worker.gpg("--import", input=public_key)
-        poll(
+        wait_until(
             lambda: all(doc["status"] == "encrypted" for doc in ws.documents().values()),
+            60,
             "every run encrypted once the key is back",
         )
     finally:

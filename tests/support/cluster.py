@@ -23,6 +23,7 @@ from tests.support.couchdb import NodeCouchServer
 from tests.support.gpg import GnupgHome, extract, stock_decrypt
 from tests.support.netns import Network
 from tests.support.relay import TcpRelay
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"
@@ -65,15 +66,9 @@ def parse_time(stamp: str) -> float:
 
 
 def poll(predicate: Callable[[], Any], what: str, timeout: float, *, every: float = 0.2) -> Any:
-    """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)  # polling interval: the loop checks the condition
+    """:func:`tests.support.waiting.wait_until`, in the argument order and with the
+    default interval the cluster tests were written with."""
+    return wait_until(predicate, timeout, what, every=every)
 
 
 # -- recovery records -----------------------------------------------------------------------

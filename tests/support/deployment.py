@@ -12,11 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"
@@ -145,15 +146,18 @@ class Deployment:
         return "\n".join(p.read_text()[-4000:] for p in self.tmp.glob("*.log"))
 
     def wait_for(self, predicate, what: str, timeout: float = 120) -> dict[str, dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> tuple[dict[str, dict]] | None:
             docs = self.docs()
-            if predicate(docs):
-                return docs
-            time.sleep(0.2)  # polling the store with a deadline
-        raise AssertionError(
-            f"timed out waiting for {what}; documents: {self.docs()}\n{self.logs()}"
+            return (docs,) if predicate(docs) else None  # a tuple: true even if docs is {}
+
+        (docs,) = wait_until(
+            ready,
+            timeout,
+            what,
+            every=0.2,
+            detail=lambda: f"documents: {self.docs()}\n{self.logs()}",
         )
+        return docs
 
     def partials(self) -> list[Path]:
         return [

@@ -98,6 +98,15 @@ def primary_fingerprint(colons: bytes) -> str:
     raise AssertionError(f"no fingerprint in {colons!r}")
 
 
+def new_gnupg_home(home: Path) -> GnupgHome:
+    """``home`` (made if missing, mode 0700) as a GNUPGHOME holding a fresh recipient key
+    (ed25519 + cv25519: instant). Stop its agent with :meth:`GnupgHome.stop_agent`."""
+    home.mkdir(mode=0o700, exist_ok=True)
+    home.chmod(0o700)
+    fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)
+    return GnupgHome(home=str(home), fingerprint=fingerprint)
+
+
 @pytest.fixture
 def gnupg_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -105,14 +114,12 @@ def gnupg_home(
     """A fresh GNUPGHOME with a recipient key; also exported as ``GNUPGHOME``."""
     # A short path: gpg-agent's socket lives in the home and socket paths are limited.
     home = tmp_path_factory.mktemp("gpg")
-    home.chmod(0o700)
     monkeypatch.setenv("GNUPGHOME", str(home))
-    handle = GnupgHome(home=str(home), fingerprint="")
-    fingerprint = handle.make_key(TEST_UID)
+    keyring = new_gnupg_home(home)
     try:
-        yield GnupgHome(home=str(home), fingerprint=fingerprint)
+        yield keyring
     finally:
-        handle.stop_agent()
+        keyring.stop_agent()
 
 
 @pytest.fixture(scope="module")

@@ -22,24 +22,10 @@ import yaml
 from dfarchive.archiving import keys
 from dfarchive.coordination.store import SqliteStore
 from dfarchive.openpgp import decrypt
-from tests.support.gpg import TEST_UID, GnupgHome
+from tests.support.gpg import GnupgHome
 
 BIN = Path(sys.executable).parent
 SENTINEL = ".metadata_rsync_exitcode"
-
-
-def new_gnupg_home(base: Path) -> GnupgHome:
-    """A keyring with a fresh recipient key (ed25519 + cv25519: instant)."""
-    home = base / "gpg"
-    home.mkdir(mode=0o700)
-    fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)
-    return GnupgHome(home=str(home), fingerprint=fingerprint)
-
-
-def stop_agent(home: GnupgHome) -> None:
-    subprocess.run(
-        ["gpgconf", "--kill", "all"], env=home.env, check=False, capture_output=True, timeout=30
-    )
 
 
 @dataclass(frozen=True)

@@ -8,53 +8,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dfarchive.coordination.store import NewRun, SqliteStore
+from tests.support.localrun import documents, make_config, sparse_run
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
-SENTINEL = ".metadata_rsync_exitcode"
-
-
-def make_config(tmp_path: Path, gnupg_home, **extra) -> Path:
-    for name in ("seq/seqA", "archives", "keys"):
-        (tmp_path / name).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "keys").chmod(0o700)
-    config = {
-        "statusdb": {"url": f"sqlite:{tmp_path / 'runs.sqlite3'}"},
-        "sequencing_path": str(tmp_path / "seq"),
-        "destination_path": str(tmp_path / "archives"),
-        "keys_path": str(tmp_path / "keys"),
-        "gpg_receiver": gnupg_home.fingerprint,
-        "scan_interval": 0.5,
-        "lease_seconds": 30,
-        **extra,
-    }
-    path = tmp_path / "df_archive.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def sparse_run(tmp_path: Path, name: str, size: int) -> Path:
-    """A run folder whose one big file is sparse: cheap to make, slow enough to archive."""
-    run = tmp_path / "seq" / "seqA" / name
-    run.mkdir(parents=True)
-    (run / "RunInfo.xml").write_text("<RunInfo/>")
-    with open(run / "big.cbcl", "wb") as f:
-        f.truncate(size)
-    (run / SENTINEL).write_text("0")
-    return run
-
-
-def documents(tmp_path: Path) -> dict[str, dict]:
-    with SqliteStore(tmp_path / "runs.sqlite3") as store:
-        store.setup()  # the file may exist before its table does
-        return {doc["_id"]: doc for doc in store.runs()}
 
 
 def start(config: Path, *args: str) -> subprocess.Popen:
@@ -67,18 +30,17 @@ def start(config: Path, *args: str) -> subprocess.Popen:
 
 
 def wait_until_processing(tmp_path: Path, proc: subprocess.Popen, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def in_flight() -> bool:
         assert proc.poll() is None, proc.stdout.read()
-        if (tmp_path / "runs.sqlite3").exists():
-            docs = documents(tmp_path)
-            busy = [d for d in docs.values() if d["status"] == "processing"]
-            if len(busy) >= count and any(
-                p.name.endswith(".partial") for p in (tmp_path / "archives").iterdir()
-            ):
-                return
-        time.sleep(0.05)  # polling a file with a deadline, not a synchronisation sleep
-    raise AssertionError("runs never got in flight")
+        if not (tmp_path / "runs.sqlite3").exists():
+            return False
+        docs = documents(tmp_path)
+        busy = [d for d in docs.values() if d["status"] == "processing"]
+        return len(busy) >= count and any(
+            p.name.endswith(".partial") for p in (tmp_path / "archives").iterdir()
+        )
+
+    wait_until(in_flight, 60, "runs in flight")
 
 
 def read_until(proc: subprocess.Popen, text: str) -> str:

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from dfarchive.coordination.attempt import AttemptOutcome
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.service.metrics import ArchiveMetrics
-from tests.test_dataflow_archive import documents, make_config, sparse_run
+from tests.support.localrun import documents, make_config, sparse_run
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -45,18 +46,21 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def wait_for_scrape(port: int, proc: subprocess.Popen, ready, what: str, timeout: float = 90):
     """Scrape until ``ready(samples)``; fail with the last scrape (or error)."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
+    last: list[object] = [None]
+
+    def scraped() -> tuple[dict] | None:
         assert proc.poll() is None, f"exited with {proc.returncode} before {what}"
         try:
-            last = scrape(port)
+            last[0] = samples = scrape(port)
         except requests.RequestException as error:
-            last = error
-        else:
-            if ready(last):
-                return last
-        time.sleep(0.2)  # polling the endpoint with a deadline
-    raise AssertionError(f"timed out waiting for {what}; last scrape: {last}")
+            last[0] = error
+            return None
+        return (samples,) if ready(samples) else None  # a tuple: true even if samples is {}
+
+    (samples,) = wait_until(
+        scraped, timeout, what, every=0.2, detail=lambda: f"last scrape: {last[0]}"
+    )
+    return samples
 
 
 def test_archive_metrics_count_outcomes():

@@ -28,6 +28,8 @@ from dfarchive.ops.adopt import (
     key_file_recipients,
     recipient_key_ids,
 )
+from tests.support.archives import tree
+from tests.support.cli import run_cli
 from tests.support.gpg import GnupgHome, build_run_folder
 from tests.support.legacy_tool import (
     NEWLINE_KEY,
@@ -36,7 +38,6 @@ from tests.support.legacy_tool import (
     archive_like_the_original,
     legacy_document,
 )
-from tests.test_restore import run_cli, tree
 
 NOW = datetime(2026, 4, 28, 12, 0, 0, tzinfo=UTC)
 LEGACY_HOST = "seqhost-old"

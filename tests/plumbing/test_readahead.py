@@ -16,7 +16,7 @@ from dfarchive.plumbing.childproc import POLL_SECONDS
 from dfarchive.plumbing.directio import open_direct
 from dfarchive.plumbing.readahead import ReadAhead
 from dfarchive.plumbing.writeprogress import WriteProgress
-from tests.test_directio import BLOCK, SIZES
+from tests.support.blocks import BLOCK, SIZES
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])

@@ -20,7 +20,7 @@ from dfarchive.service.config import (
     plaintext_credentials,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

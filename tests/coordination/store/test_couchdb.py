@@ -1,6 +1,6 @@
 """CouchDB-specific behaviour of CouchStore, against a real (CouchDB-compatible) server.
 
-The backend-agnostic behaviour is in test_store_contract.py; here: the design document,
+The backend-agnostic behaviour is in test_contract.py; here: the design document,
 the original tool's schema and view, request counts, error mapping, cross-process
 claim races and restarts of an on-disk server.
 """
@@ -24,6 +24,7 @@ import yaml
 from dfarchive.coordination.store.base import NewRun
 from dfarchive.coordination.store.couchdb import LOOKUP_VIEWS, VIEWS, CouchStore
 from dfarchive.errors import StoreAuthError, StoreError, StoreUnavailable
+from tests.support.clock import ManualClock
 
 BIN = Path(sys.executable).parent
 
@@ -40,19 +41,6 @@ ORIGINAL_SCHEMA: dict[str, type] = {
     "updated_at": str,
 }
 UTC_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 4, 28, 10, 0, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def new_runs(*ids: str) -> list[NewRun]:
@@ -192,7 +180,7 @@ def test_runs_lists_run_documents_only(couchdb_server, couchdb_database, couchdb
 def test_documents_keep_the_original_schema_through_every_transition(
     couchdb_server, couchdb_database, couchdb_store
 ):
-    clock = FakeClock()
+    clock = ManualClock(datetime(2026, 4, 28, 10, 0, 0, tzinfo=UTC))
     store = couchdb_store(clock=clock, max_attempts=2, lease_seconds=60)
 
     def check(run_id: str, status: str) -> None:

@@ -20,6 +20,8 @@ from dfarchive.ops.verify import verify_run
 from dfarchive.service import scheduler
 from dfarchive.service.config import parse_config
 from dfarchive.service.scheduler import enqueue_audits_due
+from tests.support.clock import ManualClock
+from tests.support.waiting import wait_until
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -196,17 +198,17 @@ def test_bad_fixity_config_names_the_key(tmp_path: Path, key: str, value: Any) -
 
 
 def test_the_limiter_starts_empty_and_pays_debt_by_sleeping() -> None:
-    now = [0.0]
+    clock = ManualClock(0.0)
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        now[0] += seconds
+        clock.advance(seconds)
 
-    limiter = fixity.RateLimiter(100.0, burst=0.1, clock=lambda: now[0], sleep=sleep)
+    limiter = fixity.RateLimiter(100.0, burst=0.1, clock=clock, sleep=sleep)
     limiter.consume(50)
     assert slept == [0.5]
-    now[0] += 10  # idle: credit is capped at the burst (10 tokens)
+    clock.advance(10)  # idle: credit is capped at the burst (10 tokens)
     limiter.consume(30)
     assert slept[-1] == pytest.approx(0.2)
 
@@ -355,13 +357,14 @@ def test_the_local_loop_audits_when_idle_and_records(tmp_path: Path, gnupg_home)
     thread.start()
 
     def wait_for(result: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def audited() -> dict[str, Any] | None:
             doc = runtime.store.get("run_l")
-            if doc and (doc.get("fixity") or {}).get("result") == result:
-                return doc
-            time.sleep(0.1)  # polling the store with a deadline
-        raise AssertionError(f"no {result} audit recorded: {runtime.store.get('run_l')}")
+            return doc if doc and (doc.get("fixity") or {}).get("result") == result else None
+
+        return wait_until(
+            audited, 60, f"a {result} audit recorded", every=0.1,
+            detail=lambda: runtime.store.get("run_l"),
+        )  # fmt: skip
 
     try:
         doc = wait_for("ok")

@@ -16,10 +16,8 @@ from dfarchive.archiving.engines.output import ArchiveOutput
 from dfarchive.errors import Cancelled
 from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, open_direct
 from dfarchive.plumbing.writeprogress import WriteProgress
+from tests.support.blocks import BLOCK, SIZES
 
-BLOCK = 4 * DIRECT_ALIGNMENT
-SIZES = [0, 1, DIRECT_ALIGNMENT - 1, DIRECT_ALIGNMENT, BLOCK - 1, BLOCK, BLOCK + 1,
-         3 * BLOCK, 5 * BLOCK + DIRECT_ALIGNMENT + 17]  # fmt: skip
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 

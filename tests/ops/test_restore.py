@@ -8,10 +8,8 @@ passphrase wrapped with gpg, exactly like a real run's; they are restored throug
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import random
 import re
 import shlex
 import shutil
@@ -20,17 +18,13 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dfarchive.archiving import keys
-from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
-from dfarchive.cli.dfarchive import main
 from dfarchive.errors import KeyFileError
 from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
 from dfarchive.ops.restore import (
@@ -45,187 +39,27 @@ from dfarchive.ops.restore import (
     member_parts,
     restore_archive,
 )
-from tests.support.gpg import TEST_UID, GnupgHome, build_run_folder
+from tests.support.archives import (
+    LEGACY_KEYS,
+    RUN_ID,
+    ArchivedRun,
+    make_archived_run,
+    make_legacy_archive,
+    tree,
+)
+from tests.support.cli import run_cli
+from tests.support.gpg import GnupgHome, build_run_folder, new_gnupg_home
+from tests.support.waiting import wait_until
 
-RUN_ID = "231114_A00123_0042_AHXXXXXXX"
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-# -- shared helpers (also used by test_verify and test_cli_dfarchive) -----------------
-
-
-@dataclass(frozen=True)
-class ArchivedRun:
-    """A run folder archived by the real pipeline, and what it needs to be restored."""
-
-    run_id: str
-    source: Path
-    record: dict[str, Any]
-    home: GnupgHome
-    settings: ArchiveSettings
-
-    @property
-    def archive(self) -> Path:
-        return Path(self.record["file"])
-
-    @property
-    def key(self) -> Path:
-        return Path(self.record["key_file"])
-
-    def passphrase(self) -> bytes:
-        return keys.unwrap_key(self.key, gnupg_home=self.home.home)
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def make_gnupg_home(base: Path) -> GnupgHome:
-    """A GNUPGHOME with a fresh recipient key (see tests.support.gpg)."""
-    home = base / "gpg"
-    home.mkdir(mode=0o700)
-    fingerprint = GnupgHome(home=str(home), fingerprint="").make_key(TEST_UID)
-    return GnupgHome(home=str(home), fingerprint=fingerprint)
-
-
-def stop_gpg_agent(home: GnupgHome) -> None:
-    subprocess.run(
-        ["gpgconf", "--kill", "all"], env=home.env, check=False, capture_output=True, timeout=30
-    )
-
-
-def make_archived_run(
-    base: Path, home: GnupgHome, *, run_id: str = RUN_ID, engine: str = "inprocess"
-) -> ArchivedRun:
-    """Build a small realistic run folder under ``base`` and archive it for real."""
-    source = build_run_folder(base / "runs", run_id, small_files=40, big_files=1, big_size=1 << 20)
-    settings = ArchiveSettings(
-        destination_path=base / "archives",
-        keys_path=base / "keys",
-        gnupg_home=Path(home.home),
-        engine=engine,
-    )
-    settings.destination_path.mkdir()
-    settings.keys_path.mkdir(mode=0o700)
-    recipient = keys.resolve_recipient(home.fingerprint, gnupg_home=home.home)
-    with pytest.MonkeyPatch.context() as patch:
-        # the gpg engine's child runs in the environment's keyring: keep it off ~/.gnupg
-        patch.setenv("GNUPGHOME", home.home)
-        record = archive_run(run_id, source.path, settings, recipient)
-    return ArchivedRun(run_id, source.path, record, home, settings)
-
-
-def legacy_key(stop: bytes | None, at: int = 0, *, seed: int = 0) -> bytes:
-    """256 random bytes, as ``gpg --gen-random 1 256`` made the original tool's keys,
-    whose first newline or NUL byte is ``stop`` at offset ``at`` (None: neither)."""
-    rng = random.Random(seed)
-    allowed = [b for b in range(256) if b not in b"\n\0"]
-    body = bytes(rng.choice(allowed) for _ in range(256))
-    if stop is None:
-        return body
-    return body[:at] + stop + rng.randbytes(255 - at)
-
-
-LEGACY_KEYS = {
-    **{f"newline_at_{at}": legacy_key(b"\n", at, seed=at) for at in range(1, 10)},
-    **{f"nul_at_{at}": legacy_key(b"\0", at, seed=at) for at in range(1, 10)},
-    "newline_in_the_middle": legacy_key(b"\n", 128, seed=128),
-    "nul_in_the_middle": legacy_key(b"\0", 128, seed=129),
-    "neither": legacy_key(None),
-}
-"""The original tool's key shapes (gpg refuses an empty passphrase: never at byte 0)."""
-
-
-@dataclass(frozen=True)
-class LegacyArchive:
-    """A run archived the way the original tool (``dataflow_archive``) did it."""
-
-    archive: Path
-    key: Path
-
-    def adopted_record(self, home: GnupgHome, **extra: Any) -> dict[str, Any]:
-        """The archive record ``dfarchive adopt`` writes (without --deep)."""
-        data = self.archive.read_bytes()
-        return {
-            "file": str(self.archive),
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "key_file": str(self.key),
-            "recipient_fingerprint": home.fingerprint,
-            "format": "dataflow_archive",
-            "adopted_at": "2026-12-01T00:00:00+00:00",
-            **extra,
-        }
-
-
-def make_legacy_archive(
-    base: Path, home: GnupgHome, source: Path, key: bytes, *, compress: bool = False
-) -> LegacyArchive:
-    """``tar | gpg --symmetric --cipher-algo AES256 --compress-algo none
-    --passphrase-file RUN.key``, then ``gpg --encrypt -r RECIPIENT RUN.key`` into
-    ``run_keys/RUN.key.gpg``: the original tool's commands (``compress``: gpg's default
-    compression instead, as older archives may have)."""
-    base.mkdir(parents=True, exist_ok=True)
-    key_file, archive = base / f"{source.name}.key", base / f"{source.name}.tar.gpg"
-    key_file.write_bytes(key)
-    tar = subprocess.Popen(
-        ["tar", "-C", str(source.parent), "-cf", "-", source.name], stdout=subprocess.PIPE
-    )
-    compression = [] if compress else ["--compress-algo", "none"]
-    with archive.open("wb") as out:
-        subprocess.run(
-            ["gpg", "--batch", "--symmetric", "--cipher-algo", "AES256", *compression,
-             "--passphrase-file", str(key_file), "--output", "-"],
-            stdin=tar.stdout, stdout=out, stderr=subprocess.PIPE, env=home.env, check=True,
-            timeout=120,
-        )  # fmt: skip
-    assert tar.stdout is not None
-    tar.stdout.close()
-    assert tar.wait(timeout=120) == 0
-    wrapped = base / "run_keys" / f"{source.name}.key.gpg"
-    wrapped.parent.mkdir(exist_ok=True)
-    home.gpg("--trust-model", "always", "--output", str(wrapped), "--encrypt",
-             "--recipient", home.fingerprint, str(key_file))  # fmt: skip
-    key_file.unlink()
-    return LegacyArchive(archive, wrapped)
-
-
-def tree(root: Path) -> dict[bytes, tuple]:
-    """Everything a restore must reproduce, keyed by raw relative name: type, mode,
-    mtime (whole seconds: tar's resolution), contents, symlink target, hard-link group."""
-    root_b = os.fsencode(root)
-    found: dict[bytes, tuple] = {}
-    inodes: dict[int, list[bytes]] = {}
-    for directory, dirnames, filenames in os.walk(root_b):
-        for name in dirnames + filenames:
-            path = os.path.join(directory, name)
-            rel = os.path.relpath(path, root_b)
-            st = os.lstat(path)
-            mtime = st.st_mtime_ns // 1_000_000_000
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = ("link", os.readlink(path), mtime)
-            elif stat.S_ISDIR(st.st_mode):
-                found[rel] = ("dir", stat.S_IMODE(st.st_mode), mtime)
-            else:
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-                found[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, digest, st.st_ino)
-                inodes.setdefault(st.st_ino, []).append(rel)
-    st = os.lstat(root_b)
-    found[b"."] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns // 1_000_000_000)
-    for rel, entry in found.items():
-        if entry[0] == "file":  # replace the inode by the (sorted) names sharing it
-            found[rel] = (*entry[:4], tuple(sorted(inodes[entry[4]])))
-    return found
+# -- helpers ----------------------------------------------------------------------------
 
 
 def listing(root: Path) -> list[str]:
     """Every name under ``root`` (to show what a failed restore left)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``dfarchive ARGV`` in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exited.value.code, out, err
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -235,11 +69,11 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def archived(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     """One real archive per engine, shared by this module's tests (they never modify it)."""
     base = tmp_path_factory.mktemp("restore")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home, engine=request.param)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.fixture
@@ -416,12 +250,12 @@ class Legacy:
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legacy]:
     base = tmp_path_factory.mktemp("legacy")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     source = build_run_folder(base / "runs", RUN_ID, small_files=20, big_files=1, big_size=1 << 16)
     try:
         yield Legacy(home, source.path)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 @pytest.mark.parametrize("shape", LEGACY_KEYS)
@@ -515,13 +349,6 @@ def work_folders(into: Path) -> list[Path]:
     return sorted(into.glob(f"{TEMP_PREFIX}*"))
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 RESTORE_FROM_STDIN = """
 import sys
 from pathlib import Path
@@ -548,8 +375,8 @@ def test_a_killed_restores_work_folder_is_removed_by_the_next_restore(tmp_path: 
         with open(fifo, "wb") as writer:  # the child now holds a locked work folder
             writer.write(small_archive(tmp_path, "killed", passphrase).read_bytes()[:1000])
             writer.flush()
-            wait_for(lambda: [p for p in work_folders(into) if (p / "tree").is_dir()],
-                     "the work folder")  # fmt: skip
+            wait_until(lambda: [p for p in work_folders(into) if (p / "tree").is_dir()],
+                       30, "the work folder", every=0.01)  # fmt: skip
             child.kill()
             child.wait(timeout=30)
     finally:
@@ -578,9 +405,12 @@ def test_a_running_restores_work_folder_is_left_alone(tmp_path: Path) -> None:
     slow = threading.Thread(target=slow_restore)
     slow.start()
     with open(fifo, "wb") as writer:
-        wait_for(lambda: into.is_dir() and len(work_folders(into)) == 1, "the work folder")
+        wait_until(
+            lambda: into.is_dir() and len(work_folders(into)) == 1,
+            30, "the work folder", every=0.01,
+        )  # fmt: skip
         [working] = work_folders(into)
-        wait_for(lambda: (working / "tree").is_dir(), "the locked work folder")
+        wait_until(lambda: (working / "tree").is_dir(), 30, "the locked work folder", every=0.01)
         restore_archive(small_archive(tmp_path, "fast", passphrase), passphrase, into,
                         run_id="fast")  # fmt: skip
         assert work_folders(into) == [working]

@@ -27,7 +27,9 @@ from dfarchive.coordination.attempt import AttemptOutcome
 from dfarchive.coordination.lease import MAX_HEARTBEAT_INTERVAL, LeaseKeeper
 from dfarchive.coordination.store import NewRun, SqliteStore
 from dfarchive.coordination.store.base import Claim
-from tests.test_dataflow_archive import documents, make_config, sparse_run
+from tests.support.clock import ManualClock
+from tests.support.localrun import documents, make_config, sparse_run
+from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 LINE = re.compile(r"^(\S+) +(\d+\.\d)% +(\d+\.\d|--\.-) MB/s +ETA (\d+:\d\d:\d\d|-:--:--) ")
@@ -67,14 +69,6 @@ class Screen:
         return [line for line in self.lines if line]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_progress_line_shows_percent_rate_and_eta():
     progress = RunProgress()
     progress.update(0, 1_000_000_000, now=10.0)
@@ -94,7 +88,7 @@ def test_progress_line_shows_percent_rate_and_eta():
 
 
 def test_log_lines_scroll_above_the_live_lines_and_close_erases_them():
-    out, clock = io.StringIO(), Clock()
+    out, clock = io.StringIO(), ManualClock(1000.0)
     view = TerminalProgress(out, clock=clock, size=lambda: os.terminal_size((60, 24)))
     view.stream.write("log line 1\n")
     view.progress("run_b", 10, 100)
@@ -121,7 +115,7 @@ def test_log_lines_scroll_above_the_live_lines_and_close_erases_them():
 
 def test_partial_line_from_elsewhere_is_not_overdrawn():
     out = io.StringIO()
-    view = TerminalProgress(out, clock=Clock(), size=lambda: os.terminal_size((80, 24)))
+    view = TerminalProgress(out, clock=ManualClock(1000.0), size=lambda: os.terminal_size((80, 24)))
     view.progress("run_a", 1, 100)
     view.stream.write("half a line ")
     view.progress("run_a", 2, 100)  # must not draw in the middle of that line
@@ -133,7 +127,9 @@ def test_partial_line_from_elsewhere_is_not_overdrawn():
 
 
 def test_more_runs_than_fit_are_summed_up_in_one_line():
-    view = TerminalProgress(io.StringIO(), clock=Clock(), size=lambda: os.terminal_size((80, 8)))
+    view = TerminalProgress(
+        io.StringIO(), clock=ManualClock(1000.0), size=lambda: os.terminal_size((80, 8))
+    )
     for n in range(6):
         view.progress(f"run_{n}", n, 100)
     assert [line.split()[0] for line in view.lines()] == ["run_0", "run_1", "run_2", "..."]
@@ -180,13 +176,13 @@ def test_heartbeats_write_the_latest_progress_into_the_document(tmp_path):
 
 
 def _wait_for_progress(store: SqliteStore, done: int) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        progress = (store.get("run_1") or {}).get("progress") or {}
-        if progress.get("bytes_done") == done:
-            return progress
-        time.sleep(0.05)  # polling the store with a deadline
-    raise AssertionError(f"progress {done} never reached the document: {store.get('run_1')}")
+    def progress() -> dict:
+        found = (store.get("run_1") or {}).get("progress") or {}
+        return found if found.get("bytes_done") == done else {}
+
+    return wait_until(
+        progress, 10, f"progress {done} in the document", detail=lambda: store.get("run_1")
+    )
 
 
 # -- the real command in a pseudo-terminal ------------------------------------------------

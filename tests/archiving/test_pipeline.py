@@ -11,9 +11,7 @@ import stat
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -34,6 +32,8 @@ from dfarchive.errors import (
 from dfarchive.openpgp import decrypt
 from dfarchive.ops.restore import restore_archive
 from dfarchive.plumbing.writeprogress import WriteProgress
+from tests.support.clock import ManualClock
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -395,7 +395,7 @@ def test_the_last_progress_report_counts_every_byte_tar_wrote(
 ):
     run = make_run(tmp_path / "seq" / "seqA", "run_1")
     (run / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
-    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # every report falls in one instant
+    frozen = ManualClock(1000.0)  # as the modules' time: every report falls in one instant
     monkeypatch.setattr(meter, "time", frozen)
     monkeypatch.setattr(pipeline, "time", frozen)
     reports: list[tuple[int, int]] = []
@@ -492,10 +492,10 @@ def assert_nothing_left(settings: ArchiveSettings, children_before: set[str], th
     assert list(settings.destination_path.iterdir()) == []
     assert list(settings.keys_path.iterdir()) == []
     assert child_pids() <= children_before
-    deadline = time.monotonic() + 30
-    while dfarchive_threads() - threads_before:
-        assert time.monotonic() < deadline, dfarchive_threads() - threads_before
-        time.sleep(0.05)  # polling the thread list with a deadline
+    wait_until(
+        lambda: not dfarchive_threads() - threads_before, 30, "the helper threads to end",
+        detail=lambda: dfarchive_threads() - threads_before,
+    )  # fmt: skip
 
 
 def big_sparse_run(tmp_path: Path) -> Path:
@@ -624,7 +624,7 @@ def test_progress_is_one_figure_for_writing_and_validating(
 ):
     run = make_run(tmp_path / "seq", "run_1")
     (run / "big.bin").write_bytes(os.urandom(9 << 20))
-    frozen = SimpleNamespace(monotonic=lambda: 1000.0)  # only first and last reports
+    frozen = ManualClock(1000.0)  # as the modules' time: only first and last reports
     for module in (meter, pipeline, validate):
         monkeypatch.setattr(module, "time", frozen)
     reports: list[tuple[int, int]] = []

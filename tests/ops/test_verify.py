@@ -17,27 +17,25 @@ from dfarchive.errors import NotVerifiable, ToolError
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.ops.adopt import key_file_recipients
 from dfarchive.ops.verify import archive_record, recipient_key_lister, verify_run
-from tests.test_cli_dfarchive import add_run, write_config
-from tests.test_restore import (
+from tests.support.archives import (
     LEGACY_KEYS,
     ArchivedRun,
     make_archived_run,
-    make_gnupg_home,
     make_legacy_archive,
-    run_cli,
-    stop_gpg_agent,
     tree,
 )
+from tests.support.cli import add_run, run_cli, write_config
+from tests.support.gpg import new_gnupg_home
 
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     base = tmp_path_factory.mktemp("verify")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home)
     finally:
-        stop_gpg_agent(home)
+        home.stop_agent()
 
 
 def encrypted_doc(archived: ArchivedRun, **changes: Any) -> dict[str, Any]:
@@ -117,13 +115,13 @@ def test_missing_files_are_problems(archived: ArchivedRun, tmp_path: Path) -> No
 
 
 def test_a_key_without_its_private_key_is_an_error(archived: ArchivedRun, tmp_path: Path) -> None:
-    other = make_gnupg_home(tmp_path)
+    other = new_gnupg_home(tmp_path / "gpg")
     try:
         recipient = keys.resolve_recipient(other.fingerprint, gnupg_home=other.home)
         wrapped = tmp_path / "other.key.gpg"
         wrapped.write_bytes(keys.wrap_key(keys.new_run_key(), recipient, gnupg_home=other.home))
     finally:
-        stop_gpg_agent(other)
+        other.stop_agent()
     with pytest.raises(ToolError, match="No secret key"):
         verify_run(
             encrypted_doc(archived, key_file=str(wrapped)), deep=True, unwrap=unwrapper(archived)

@@ -15,6 +15,7 @@ import pytest
 from dfarchive.coordination import runstate
 from dfarchive.coordination.store import NewRun, RunStore, SqliteStore
 from dfarchive.errors import ClaimLost, TransitionRefused, UnknownRun
+from tests.support.clock import ManualClock
 
 ORIGINAL_FIELDS = {
     "_id",
@@ -25,19 +26,6 @@ ORIGINAL_FIELDS = {
     "created_at",
     "updated_at",
 }
-
-
-class ManualClock:
-    """A clock the test moves by hand (leases expire without waiting)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture(params=["sqlite", "couchdb"])
@@ -60,8 +48,9 @@ def make_store(request, tmp_path) -> Callable[..., RunStore]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> ManualClock[datetime]:
+    """Moved by hand: leases expire without waiting."""
+    return ManualClock(datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -19,14 +19,9 @@ import yaml
 from dfarchive import __version__
 from dfarchive.coordination.runstate import STATUSES
 from dfarchive.coordination.store import NewRun, SqliteStore
-from tests.test_restore import (
-    ArchivedRun,
-    make_archived_run,
-    make_gnupg_home,
-    run_cli,
-    stop_gpg_agent,
-    tree,
-)
+from tests.support.archives import ArchivedRun, make_archived_run, tree
+from tests.support.cli import add_run, run_cli, write_config
+from tests.support.gpg import new_gnupg_home
 
 ORIGINAL_FIELDS = {
     "_id": str,
@@ -42,30 +37,11 @@ ORIGINAL_FIELDS = {
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchivedRun]:
     base = tmp_path_factory.mktemp("cli")
-    home = make_gnupg_home(base)
+    home = new_gnupg_home(base / "gpg")
     try:
         yield make_archived_run(base, home)
     finally:
-        stop_gpg_agent(home)
-
-
-def write_config(tmp_path: Path, archived: ArchivedRun, **extra: Any) -> Path:
-    for name in ("seq", "dest"):
-        (tmp_path / name).mkdir(exist_ok=True)
-    (tmp_path / "state").mkdir(exist_ok=True)
-    settings = {
-        "sequencing_path": str(tmp_path / "seq"),
-        "destination_path": str(tmp_path / "dest"),
-        "gpg_receiver": archived.home.fingerprint,
-        "keys_path": str(tmp_path / "keys"),
-        "statusdb": {"url": f"sqlite:{tmp_path / 'state' / 'runs.sqlite3'}"},
-        "gnupg_home": archived.home.home,
-        "max_attempts": 2,
-        **extra,
-    }
-    path = tmp_path / "df_archive.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
+        home.stop_agent()
 
 
 @pytest.fixture
@@ -84,10 +60,6 @@ def store(config: Path, capsys) -> Iterator[SqliteStore]:
     state = yaml.safe_load(config.read_text())["statusdb"]["url"].removeprefix("sqlite:")
     with SqliteStore(state, max_attempts=2) as opened:
         yield opened
-
-
-def add_run(store: SqliteStore, run_id: str, path: str = "/seq/A/run") -> None:
-    store.register_many([NewRun(run_id, path, "A")], worker_id="host:1")
 
 
 def add_failed(store: SqliteStore, run_id: str) -> None:
