@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
@@ -38,11 +39,11 @@ from dramatiq.middleware import Middleware, MiddlewareError, Shutdown
 from dfarchive.archiving.keys import Recipient
 from dfarchive.coordination.attempt import AttemptObserver, RecipientGate, attempt_run
 from dfarchive.coordination.fixity import MB, OK, RateLimiter
-from dfarchive.errors import DfArchiveError
+from dfarchive.errors import DfArchiveError, Yielded
 from dfarchive.ops.verify import recipient_key_lister
 from dfarchive.plumbing.coredumps import disable_core_dumps
 from dfarchive.plumbing.logs import setup_logging
-from dfarchive.service.audit import AuditSettings, Yielded, audit_and_record
+from dfarchive.service.audit import AuditSettings, audit_and_record
 from dfarchive.service.config import config_path, load_config, plaintext_credentials
 from dfarchive.service.messaging import (
     ACTOR_NAME,
@@ -50,27 +51,31 @@ from dfarchive.service.messaging import (
     FIXITY_PRIORITY,
     FIXITY_QUEUE_NAME,
     QUEUE_NAME,
-    broker_url,
     enqueue_fixity,
     make_broker,
+    required_broker_url,
 )
 from dfarchive.service.metrics import ArchiveMetrics, FixityMetrics
-from dfarchive.service.startup import Runtime, StartupError, prepare
+from dfarchive.service.startup import Runtime, prepare
 
 log = logging.getLogger(__name__)
 
 #: Longer than any run will take (30 days): Dramatiq's TimeLimit can't interrupt a
 #: blocking syscall anyway, and a run must never be killed for being large.
 TIME_LIMIT_MS = 30 * 24 * 3600 * 1000
+#: Every actor's options: never retried by Dramatiq (the scheduler re-sends), no time
+#: limit a run would reach, told of a worker shutdown (the run in progress is released).
+ACTOR_OPTIONS: dict[str, Any] = {
+    "max_retries": 0,
+    "time_limit": TIME_LIMIT_MS,
+    "notify_shutdown": True,
+}
 
 disable_core_dumps()  # workers hold run keys: never in a core file
 _config = load_config(config_path())
-_url = broker_url(_config.broker_url)
-if _url is None:
-    raise StartupError(
-        f"{_config.source}: broker_url: missing; dramatiq workers need RabbitMQ "
-        "(set broker_url, or $DFARCHIVE_BROKER_URL)"
-    )
+_url = required_broker_url(
+    _config, "dramatiq workers need RabbitMQ (set broker_url, or $DFARCHIVE_BROKER_URL)"
+)
 broker = make_broker(_url)
 dramatiq.set_broker(broker)
 
@@ -131,13 +136,7 @@ class WorkerStartupChecks(Middleware):
 broker.add_middleware(WorkerStartupChecks())
 
 
-@dramatiq.actor(
-    actor_name=ACTOR_NAME,
-    queue_name=QUEUE_NAME,
-    max_retries=0,
-    time_limit=TIME_LIMIT_MS,
-    notify_shutdown=True,
-)
+@dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, **ACTOR_OPTIONS)
 def archive_run(run_id: str) -> None:
     """Claim ``run_id`` and archive it; a no-op if someone else holds or finished it."""
     assert _runtime is not None and _gate is not None, "worker booted without its checks"
@@ -185,9 +184,7 @@ def _gnupg_home() -> str | None:
     actor_name=FIXITY_ACTOR_NAME,
     queue_name=FIXITY_QUEUE_NAME,
     priority=FIXITY_PRIORITY,
-    max_retries=0,
-    time_limit=TIME_LIMIT_MS,
-    notify_shutdown=True,
+    **ACTOR_OPTIONS,
 )
 def audit_run(run_id: str) -> None:
     """Audit ``run_id``'s archive and record the result, unless archive work waits."""

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from dfarchive.archiving.pipeline import SENTINEL
+
 DEMO_UID = "dfarchive demo <demo@dfarchive.invalid>"
-SENTINEL = ".metadata_rsync_exitcode"
 
 
 def make_run(root: Path, name: str, *, complete: bool) -> None:

@@ -98,6 +98,13 @@ class ToolError(ArchiveError):
     """tar or gpg exited with an error or warning."""
 
 
+class RunFolderChanged(ToolError):
+    """The run folder changed while it was archived; the run is retried later.
+
+    A ToolError as before, so callers that do not tell it apart treat it as then.
+    """
+
+
 class ValidationError(ArchiveError):
     """The written archive did not read back as exactly what was archived."""
 
@@ -113,6 +120,37 @@ class RecipientError(DfArchiveError):
 class KeyFileError(DfArchiveError):
     """A wrapped run key file can't be a run key: not a message encrypted to a public
     key, or it holds no passphrase. A check that failed, not a start-up error."""
+
+
+# -- start-up, broker, metrics ------------------------------------------------------
+
+
+class StartupError(DfArchiveError):
+    """dfarchive can't start with this configuration on this host."""
+
+
+class BrokerError(DfArchiveError):
+    """The message broker could not be reached or refused a message."""
+
+
+class MetricsError(DfArchiveError):
+    """The metrics endpoint could not be started."""
+
+
+# -- verification, adoption, audits -------------------------------------------------
+
+
+class NotVerifiable(DfArchiveError):
+    """The run has no archive to verify (not encrypted, or no archive record: archived
+    by the original tool and not adopted yet)."""
+
+
+class AdoptionError(DfArchiveError):
+    """A run's legacy files can't be adopted; the message names the file and why."""
+
+
+class Yielded(DfArchiveError):
+    """The audit stopped because archive work arrived; nothing was recorded."""
 
 
 # -- restore -------------------------------------------------------------------------

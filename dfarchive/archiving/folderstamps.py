@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from dfarchive.errors import ToolError
+from dfarchive.errors import RunFolderChanged, ToolError
 
 Stamp = tuple[int, int, int, int, int]
 """File type (``stat.S_IFMT``), inode, size, mtime and ctime in nanoseconds."""
@@ -63,7 +63,7 @@ def check_unchanged(
     must be stamped entries too, but may have changed.
 
     Raises: ToolError naming the first name that is not an entry of the run folder, or
-    else the first changed entry (in name order).
+    else RunFolderChanged naming the first changed entry (in name order).
     """
     after = stamp_folder(run_path)
     unstamped = {name for name in others if name not in before}
@@ -91,7 +91,7 @@ def check_unchanged(
             what = "had entries added, removed or renamed"
         else:
             what = "was modified"
-        raise ToolError(
+        raise RunFolderChanged(
             f"run folder {run_path} changed while it was archived: {kind} "
             f"{os.fsdecode(name)!r} {what}; not archived (retried later)"
         )

@@ -55,16 +55,19 @@ FREE_SPACE_MARGIN = 256 * 1024 * 1024
 #: Rough tar overhead per entry (header block + padding), for the size estimate.
 TAR_ENTRY_OVERHEAD = 1024
 
+#: The file whose presence marks a run folder complete (the sequencer's copy is done).
+SENTINEL = ".metadata_rsync_exitcode"
+
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ArchiveSettings:
-    """What the pipeline needs from the configuration."""
+    """What the pipeline needs from the configuration (its defaults are the config's)."""
 
     destination_path: Path
     keys_path: Path
-    sentinel: str = ".metadata_rsync_exitcode"
+    sentinel: str = SENTINEL
     tar_exclusions: tuple[str, ...] = ()
     engine: str = "inprocess"
     validate_with: str = "inprocess"

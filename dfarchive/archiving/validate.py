@@ -62,6 +62,8 @@ from dfarchive.plumbing.readahead import ReadAhead
 from dfarchive.plumbing.writeprogress import WriteProgress
 
 VALIDATION_METHODS = ("inprocess", "gpg")
+#: When the archive is read back: by a reader trailing the writer, or once it is written.
+VALIDATE_MODES = ("overlapped", "after")
 
 READ_SIZE = 4 << 20
 """Bytes read from the archive per step (a multiple of ``DIRECT_ALIGNMENT``)."""

@@ -1,58 +1,7 @@
 """``dfarchive <command>``: the operator commands.
 
-======================================  =============================================
-``dfarchive init``                      create the state database (tables / CouchDB
-                                        database and design documents) and
-                                        ``keys_path`` (mode 0700)
-``dfarchive status [--status S]``       one line per run: progress, throughput,
-                                        worker, age, failures, last fixity audit,
-                                        last error (``--fixity failed|missing|due``)
-``dfarchive status --json``             the run documents, for scripts (see below)
-``dfarchive show RUN``                  one run document, pretty-printed JSON
-``dfarchive retry RUN``                 a failed run back to pending (count reset)
-``dfarchive release RUN``               a processing run back to pending now, not
-                                        counted, whatever its lease says
-``dfarchive verify RUN [--deep]``       bit-rot check of the archive (see
-                                        :mod:`dfarchive.ops.verify`), recorded as the
-                                        run's ``fixity``
-``dfarchive verify --all``              a fixity audit of every encrypted run now
-                                        (``--older-than DAYS``, ``--deep``,
-                                        ``--max-rate MB/s``; see
-                                        :mod:`dfarchive.coordination.fixity`)
-``dfarchive restore RUN --to DIR``      decrypt, verify and extract safely into
-                                        ``DIR/RUN`` (``--archive``/``--key`` to
-                                        restore without a store entry)
-``dfarchive scheduler [--once]``        the scheduling loop feeding dramatiq workers
-``dfarchive adopt RUN… | --all``        record the archives the original
-                                        ``dataflow_archive`` tool made (see
-                                        :mod:`dfarchive.ops.adopt`); ``--deep`` also
-                                        decrypts them
-======================================  =============================================
-
-Every command takes ``-c/--config PATH`` (else ``$ARCHIVE_CONFIG``, else
-``~/conf/df_archive.yaml``). Exit codes (the README's table): 0 ok; 1 a check failed
-or the command refused (unknown run, run not in a state that allows the action or
-archived by the original tool and not adopted, archive mismatch, restore refused or
-failed verification, a key file that is not a run key, a run ``adopt`` could not
-adopt); 2 usage, configuration or start-up error (one line on stderr; e.g. the
-recipient's private key not in the keyring); 130 interrupted.
-
-``status --json`` prints one JSON array of the run documents exactly as stored, in run
-id order. Each holds the original ``dataflow_archive`` fields: ``_id`` (string, the run
-folder name), ``path`` (string), ``status`` (``"pending"`` | ``"processing"`` |
-``"encrypted"`` | ``"failed"``), ``worker_id`` (string), ``failure_count`` (integer),
-``created_at`` and ``updated_at`` (ISO-8601 UTC strings, ``2026-04-28T10:00:00+00:00``);
-plus ``_rev`` and dfarchive's additive fields, any of which may be absent or null:
-``sequencer``, ``claimed_at``, ``heartbeat_at``, ``lease_expires_at``, ``enqueued_at``,
-``progress`` {``bytes_done``, ``bytes_total``, ``rate`` (bytes/s), ``updated_at``},
-``last_error``, ``attempts`` [{``worker_id``, ``started_at``, ``ended_at``, ``outcome``,
-``error``}], and for encrypted runs ``archive`` {``file``, ``size``, ``sha256``,
-``plaintext_size``, ``plaintext_sha256``, ``members``, ``members_sha256``,
-``key_file``, ``recipient_fingerprint``, ``engine``, ``validated_with``, ``host``,
-``seconds``}, ``fixity`` {``checked_at``, ``result`` (``"ok"`` | ``"failed"`` |
-``"missing"``), ``reason``, ``host``, ``seconds``, ``deep``}, ``fixity_history`` (the
-earlier ``fixity`` records, oldest first, at most 10) and ``fixity_enqueued_at``.
-Consumers should ignore fields they don't know.
+What each command does, its options and the exit codes are in the README's
+"Commands" section; the documents ``status --json`` prints, in "Run document".
 """
 
 from __future__ import annotations
@@ -238,7 +187,7 @@ def _open_existing_store(config: Config) -> RunStore:
 
     Raises: StartupError when the SQLite state file does not exist yet.
     """
-    from dfarchive.service.startup import StartupError
+    from dfarchive.errors import StartupError
 
     state_file = config.state_file if config.couchdb is None else None
     if state_file is not None and not state_file.exists():
@@ -262,8 +211,7 @@ def _unwrapper(config: Config | None) -> Callable[[Path], bytes]:
     Its errors are one line: a StartupError saying where the private key must be.
     """
     from dfarchive.archiving.keys import unwrap_key
-    from dfarchive.errors import ToolError
-    from dfarchive.service.startup import StartupError
+    from dfarchive.errors import StartupError, ToolError
 
     home = _gnupg_home(config)
 
@@ -554,7 +502,8 @@ def _restore_record(
     args: argparse.Namespace, config: Config | None
 ) -> tuple[ArchiveRecord | None, int | None]:
     """The run's archive record (or None), or an exit code when the restore can't go on."""
-    from dfarchive.ops.verify import NotVerifiable, archive_record
+    from dfarchive.errors import NotVerifiable
+    from dfarchive.ops.verify import archive_record
 
     standalone = args.archive is not None and args.key is not None
     if config is None:
@@ -696,7 +645,8 @@ class _Adopter:
 
     def adopt(self, store: RunStore, doc: RunDocument | str) -> None:
         """Adopt one run (a document, or the id of a run not in the store)."""
-        from dfarchive.ops.adopt import AdoptionError, adoption_record
+        from dfarchive.errors import AdoptionError
+        from dfarchive.ops.adopt import adoption_record
 
         if isinstance(doc, str):
             return self._refused(doc, f"no such run in the {store.backend} store")

@@ -28,6 +28,10 @@ STATUSES = (PENDING, PROCESSING, ENCRYPTED, FAILED)
 ATTEMPTS_KEPT = 10
 #: Longest ``last_error`` kept, so one pathological error can't bloat the document.
 ERROR_CHARS = 2000
+#: Failures after which a run becomes ``failed`` (``max_attempts``).
+DEFAULT_MAX_ATTEMPTS = 3
+#: A claim expires this long after its last heartbeat (``lease_seconds``).
+DEFAULT_LEASE_SECONDS = 300.0
 #: How long a ``processing`` document written by the original tool (no lease) counts
 #: as held after its ``updated_at``: a live original worker may be archiving it.
 DEFAULT_LEGACY_LEASE_SECONDS = 86400.0

@@ -40,7 +40,7 @@ from dfarchive.archiving.keys import (
 from dfarchive.archiving.pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
 from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.coordination.scan import run_id_problem
-from dfarchive.errors import CryptoError, DfArchiveError, IntegrityError
+from dfarchive.errors import AdoptionError, CryptoError, DfArchiveError, IntegrityError
 from dfarchive.openpgp import ByteSource, decrypt
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.s2k import S2K
@@ -69,10 +69,6 @@ MIN_SEIPD_BODY = 1 + 18 + p.MDC_PACKET_SIZE
 WILDCARD_KEY_ID = "0" * 16
 
 KeyUnwrapper = Callable[[Path], bytes]
-
-
-class AdoptionError(DfArchiveError):
-    """A run's legacy files can't be adopted; the message names the file and why."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from typing import Any, TypeGuard
 from dfarchive.archiving.keys import gpg_passphrase
 from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.coordination.runstate import ENCRYPTED
-from dfarchive.errors import Cancelled, CryptoError, DfArchiveError, KeyFileError
+from dfarchive.errors import (
+    AdoptionError,
+    Cancelled,
+    CryptoError,
+    DfArchiveError,
+    KeyFileError,
+    NotVerifiable,
+)
 from dfarchive.openpgp import decrypt
 
 READ_SIZE = 8 << 20
@@ -46,11 +53,6 @@ KeyUnwrapper = Callable[[Path], bytes]
 ReadObserver = Callable[[int], None]
 #: A recipient's fingerprint → all its key ids (primary and subkeys).
 RecipientKeys = Callable[[str], Collection[str]]
-
-
-class NotVerifiable(DfArchiveError):
-    """The run has no archive to verify (not encrypted, or no archive record: archived
-    by the original tool and not adopted yet)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,7 +222,7 @@ def _check_addressee(
     path: Path, fingerprint: str, report: VerifyReport, recipient_keys: RecipientKeys
 ) -> None:
     """The key file is readable and addressed to one of the recipient's key ids."""
-    from dfarchive.ops.adopt import AdoptionError, key_file_recipients  # adopt imports this module
+    from dfarchive.ops.adopt import key_file_recipients  # adopt imports this module
 
     try:
         addressed = key_file_recipients(path)

@@ -16,24 +16,18 @@ from dataclasses import dataclass
 from dfarchive.coordination import fixity
 from dfarchive.coordination.runstate import PENDING, RunDocument
 from dfarchive.coordination.store.base import RunStore, utc_now
-from dfarchive.errors import Cancelled, DfArchiveError
+from dfarchive.errors import Cancelled, DfArchiveError, NotVerifiable, StartupError, Yielded
 from dfarchive.ops.verify import (
     KeyUnwrapper,
-    NotVerifiable,
     RecipientKeys,
     VerifyReport,
     verify_run,
 )
-from dfarchive.service.startup import StartupError
 
 log = logging.getLogger(__name__)
 
 #: While auditing, a worker looks for waiting archive work at most this often (seconds).
 YIELD_CHECK_SECONDS = 2.0
-
-
-class Yielded(DfArchiveError):
-    """The audit stopped because archive work arrived; nothing was recorded."""
 
 
 def archive_work_waiting(store: RunStore) -> bool:

@@ -13,14 +13,17 @@ import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from dfarchive.archiving.engines import ENGINE_NAMES
 from dfarchive.archiving.pipeline import ArchiveSettings
+from dfarchive.archiving.validate import VALIDATE_MODES, VALIDATION_METHODS
+from dfarchive.coordination import runstate
 from dfarchive.errors import ConfigError
 from dfarchive.plumbing.logs import add_secret
 
@@ -30,9 +33,6 @@ CONFIG_ENV = "ARCHIVE_CONFIG"
 PASSWORD_ENV = "DFARCHIVE_STATUSDB_PASSWORD"
 DEFAULT_STATE_FILE = "~/.local/state/dfarchive/runs.sqlite3"
 
-ENGINES = ("inprocess", "gpg")
-VALIDATORS = ("inprocess", "gpg")
-VALIDATE_MODES = ("overlapped", "after")
 AUTH_METHODS = ("basic", "session")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 
@@ -50,7 +50,12 @@ class CouchDBSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """The validated configuration. Paths are absolute."""
+    """The validated configuration. Paths are absolute.
+
+    Each default is written once: here, or for what the pipeline and the store take,
+    as theirs (:class:`ArchiveSettings`, :mod:`~dfarchive.coordination.runstate`);
+    :func:`parse_config` reads them from here.
+    """
 
     source: str
     sequencing_path: Path
@@ -60,41 +65,31 @@ class Config:
     couchdb: CouchDBSettings | None = None
     state_file: Path | None = None  # SQLite file, when couchdb is None
     ignore: tuple[str, ...] = ()
-    tar_exclusions: tuple[str, ...] = ()
+    tar_exclusions: tuple[str, ...] = ArchiveSettings.tar_exclusions
     log_file: Path | None = None
     log_level: str = "INFO"
     broker_url: str | None = field(default=None, repr=False)
-    engine: str = "inprocess"
-    validate_with: str = "inprocess"
-    validate: str = "overlapped"
-    validate_from_device: bool = False
-    direct_io: bool = True
-    max_attempts: int = 3
-    sentinel: str = ".metadata_rsync_exitcode"
+    engine: str = ArchiveSettings.engine
+    validate_with: str = ArchiveSettings.validate_with
+    validate: str = ArchiveSettings.validate
+    validate_from_device: bool = ArchiveSettings.validate_from_device
+    direct_io: bool = ArchiveSettings.direct_io
+    max_attempts: int = runstate.DEFAULT_MAX_ATTEMPTS
+    sentinel: str = ArchiveSettings.sentinel
     scan_interval: float = 30.0
     concurrency: int = 2
-    lease_seconds: float = 300.0
-    legacy_lease_seconds: float = 86400.0
-    gnupg_home: Path | None = None
+    lease_seconds: float = runstate.DEFAULT_LEASE_SECONDS
+    legacy_lease_seconds: float = runstate.DEFAULT_LEGACY_LEASE_SECONDS
+    gnupg_home: Path | None = ArchiveSettings.gnupg_home
     metrics_port: int | None = None
     # -- fixity audits (dfarchive.coordination.fixity) --
     fixity_interval_days: float = 0.0  # 0: scheduled audits off
     fixity_max_rate: float = 200.0  # MB/s read for audits, per worker process
 
     def archive_settings(self) -> ArchiveSettings:
-        """What the archiving pipeline needs from this configuration."""
-        return ArchiveSettings(
-            destination_path=self.destination_path,
-            keys_path=self.keys_path,
-            sentinel=self.sentinel,
-            tar_exclusions=self.tar_exclusions,
-            engine=self.engine,
-            validate_with=self.validate_with,
-            validate=self.validate,
-            validate_from_device=self.validate_from_device,
-            direct_io=self.direct_io,
-            gnupg_home=self.gnupg_home,
-        )
+        """What the archiving pipeline needs from this configuration: each of
+        :class:`ArchiveSettings`' fields, taken from the field of the same name here."""
+        return ArchiveSettings(**{f.name: getattr(self, f.name) for f in fields(ArchiveSettings)})
 
 
 TOP_KEYS = (
@@ -184,26 +179,38 @@ def parse_config(
         ignore=reader.string_list(raw, "ignore"),
         tar_exclusions=reader.string_list(raw, "tar_exclusions"),
         log_file=reader.log_file(raw),
-        log_level=reader.choice(raw, "log_level", LOG_LEVELS, default="INFO", upper=True),
+        log_level=reader.choice(raw, "log_level", LOG_LEVELS, default=Config.log_level, upper=True),
         broker_url=reader.broker_url(raw),
-        engine=reader.choice(raw, "engine", ENGINES, default="inprocess"),
-        validate_with=reader.choice(raw, "validate_with", VALIDATORS, default="inprocess"),
-        validate=reader.choice(raw, "validate", VALIDATE_MODES, default="overlapped"),
-        validate_from_device=reader.boolean(raw, "validate_from_device", default=False),
-        direct_io=reader.boolean(raw, "direct_io", default=True),
-        max_attempts=reader.integer(raw, "max_attempts", default=3, minimum=1),
-        sentinel=reader.string(raw, "sentinel", default=".metadata_rsync_exitcode"),
-        scan_interval=reader.number(raw, "scan_interval", default=30.0, minimum=0.1),
-        concurrency=reader.integer(raw, "concurrency", default=2, minimum=1),
-        lease_seconds=reader.number(raw, "lease_seconds", default=300.0, minimum=1.0),
+        engine=reader.choice(raw, "engine", ENGINE_NAMES, default=Config.engine),
+        validate_with=reader.choice(
+            raw, "validate_with", VALIDATION_METHODS, default=Config.validate_with
+        ),
+        validate=reader.choice(raw, "validate", VALIDATE_MODES, default=Config.validate),
+        validate_from_device=reader.boolean(
+            raw, "validate_from_device", default=Config.validate_from_device
+        ),
+        direct_io=reader.boolean(raw, "direct_io", default=Config.direct_io),
+        max_attempts=reader.integer(raw, "max_attempts", default=Config.max_attempts, minimum=1),
+        sentinel=reader.string(raw, "sentinel", default=Config.sentinel),
+        scan_interval=reader.number(
+            raw, "scan_interval", default=Config.scan_interval, minimum=0.1
+        ),
+        concurrency=reader.integer(raw, "concurrency", default=Config.concurrency, minimum=1),
+        lease_seconds=reader.number(
+            raw, "lease_seconds", default=Config.lease_seconds, minimum=1.0
+        ),
         legacy_lease_seconds=reader.number(
-            raw, "legacy_lease_seconds", default=86400.0, minimum=1.0
+            raw, "legacy_lease_seconds", default=Config.legacy_lease_seconds, minimum=1.0
         ),
         gnupg_home=reader.optional_directory(raw, "gnupg_home"),
         metrics_port=reader.port(raw, "metrics_port"),
         # fixity audits
-        fixity_interval_days=reader.number(raw, "fixity_interval_days", default=0.0, minimum=0.0),
-        fixity_max_rate=reader.number(raw, "fixity_max_rate", default=200.0, minimum=0.001),
+        fixity_interval_days=reader.number(
+            raw, "fixity_interval_days", default=Config.fixity_interval_days, minimum=0.0
+        ),
+        fixity_max_rate=reader.number(
+            raw, "fixity_max_rate", default=Config.fixity_max_rate, minimum=0.001
+        ),
     )
 
 

@@ -43,14 +43,17 @@ from dfarchive.coordination.attempt import (
     RecipientGate,
     attempt_run,
 )
-from dfarchive.errors import Cancelled, DfArchiveError, StoreUnavailable
+from dfarchive.errors import Cancelled, DfArchiveError, Yielded
 from dfarchive.ops.verify import recipient_key_lister
 from dfarchive.plumbing.sigsafe import SignalSafeEvent
-from dfarchive.service.audit import AuditSettings, Yielded, audit_and_record
-from dfarchive.service.scheduler import FIXITY_PASS_SECONDS, schedule_pass
+from dfarchive.service.audit import AuditSettings, audit_and_record
+from dfarchive.service.scheduler import FIXITY_PASS_SECONDS, PassErrors, schedule_pass
 from dfarchive.service.startup import Runtime
 
 log = logging.getLogger(__name__)
+
+#: Only a transient error ends just a pass; any other ends the loop (see PassErrors).
+PASS_ERRORS = PassErrors(log=log, retrying="store unreachable, retrying next pass")
 
 
 @dataclass
@@ -143,9 +146,10 @@ class LocalArchiver:
         try:
             schedule_pass(store, self.config, worker_id=self.runtime.worker_id)
             pending = store.runs(runstate.PENDING)
-        except StoreUnavailable as error:
-            log.error("store unreachable, retrying next pass: %s", error)
-            return
+        except DfArchiveError as error:
+            if PASS_ERRORS.ends_pass(error):
+                return
+            raise
         if not pending and not once:
             self._maybe_audit()
         if pending and not self.gate.is_open():

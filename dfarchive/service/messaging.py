@@ -9,6 +9,7 @@ message directly (it needs no actor code); workers declare the actor in
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 import dramatiq
@@ -16,9 +17,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed, ConnectionFailed
 from dramatiq.middleware import Middleware
 
-from dfarchive.errors import DfArchiveError
+from dfarchive.errors import BrokerError, StartupError
 from dfarchive.plumbing.timeouts import amqp_url
-from dfarchive.service.config import add_broker_secrets, broker_url_problem
+from dfarchive.service.config import Config, add_broker_secrets, broker_url_problem
 
 #: ``$DFARCHIVE_QUEUE`` lets several deployments (or test runs) share one RabbitMQ.
 QUEUE_NAME = os.environ.get("DFARCHIVE_QUEUE", "dfarchive.archive")
@@ -28,10 +29,6 @@ BROKER_URL_ENV = "DFARCHIVE_BROKER_URL"
 #: one: their old common base ``dramatiq.errors.ConnectionError`` is deprecated in
 #: Dramatiq 2 and gone in 3, and its new name ``BrokerConnectionError`` is not in 1.x.
 CONNECTION_ERRORS = (ConnectionFailed, ConnectionClosed)
-
-
-class BrokerError(DfArchiveError):
-    """The message broker could not be reached or refused a message."""
 
 
 class OnePrefetchPerThread(Middleware):
@@ -51,6 +48,17 @@ def broker_url(configured: str | None) -> str | None:
     url = os.environ.get(BROKER_URL_ENV) or configured
     if url:
         add_broker_secrets(url)
+    return url
+
+
+def required_broker_url(config: Config, why: str) -> str:
+    """:func:`broker_url` for a process that can't run without a broker.
+
+    Raises: StartupError naming the key; ``why`` says what needs the broker.
+    """
+    url = broker_url(config.broker_url)
+    if url is None:
+        raise StartupError(f"{config.source}: broker_url: missing; {why}")
     return url
 
 
@@ -98,22 +106,27 @@ def connected_broker(url: str) -> RabbitmqBroker:
     return broker
 
 
-def archive_message(run_id: str) -> dramatiq.Message:
-    return dramatiq.Message(
-        queue_name=QUEUE_NAME,
-        actor_name=ACTOR_NAME,
-        args=(run_id,),
-        kwargs={},
-        options={},
-    )
-
-
 def enqueue_archive(broker: dramatiq.Broker, run_id: str) -> None:
     """Publish ``archive_run(run_id)``. Raises BrokerError if the broker is down."""
+    _publish(broker, QUEUE_NAME, ACTOR_NAME, run_id)
+
+
+def _publish(
+    broker: dramatiq.Broker,
+    queue_name: str,
+    actor_name: str,
+    run_id: str,
+    *,
+    delay_ms: int | None = None,
+) -> None:
+    """Send ``actor_name(run_id)`` to ``queue_name``. Raises BrokerError."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=queue_name, actor_name=actor_name, args=(run_id,), kwargs={}, options={}
+    )
     try:
-        broker.enqueue(archive_message(run_id))
+        broker.enqueue(message, delay=delay_ms)
     except CONNECTION_ERRORS as error:
-        raise BrokerError(f"cannot publish archive_run({run_id!r}): {error}") from None
+        raise BrokerError(f"cannot publish {actor_name}({run_id!r}): {error}") from None
 
 
 # -- fixity audits (dfarchive.coordination.fixity) -------------------------------------------------
@@ -128,19 +141,6 @@ FIXITY_ACTOR_NAME = "audit_run"
 FIXITY_PRIORITY = 100
 
 
-def fixity_message(run_id: str) -> dramatiq.Message:
-    return dramatiq.Message(
-        queue_name=FIXITY_QUEUE_NAME,
-        actor_name=FIXITY_ACTOR_NAME,
-        args=(run_id,),
-        kwargs={},
-        options={},
-    )
-
-
 def enqueue_fixity(broker: dramatiq.Broker, run_id: str, *, delay_ms: int | None = None) -> None:
     """Publish ``audit_run(run_id)`` (after ``delay_ms``). Raises BrokerError."""
-    try:
-        broker.enqueue(fixity_message(run_id), delay=delay_ms)
-    except CONNECTION_ERRORS as error:
-        raise BrokerError(f"cannot publish audit_run({run_id!r}): {error}") from None
+    _publish(broker, FIXITY_QUEUE_NAME, FIXITY_ACTOR_NAME, run_id, delay_ms=delay_ms)

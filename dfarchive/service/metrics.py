@@ -1,27 +1,6 @@
 """dfarchive's own Prometheus metrics, served on ``metrics_port`` (off by default).
 
-=================================================  ========================================
-``dfarchive_runs{status}``                         gauge: runs in the store by status (all
-                                                   hosts), re-read at most every
-                                                   ``scan_interval`` (or 15 s)
-``dfarchive_store_up``                             gauge: 1 if that read worked
-``dfarchive_archived_runs_total``                  counter: runs this process archived
-``dfarchive_archived_bytes_total``                 counter: their plaintext (tar) bytes
-``dfarchive_failures_total``                       counter: counted failed attempts here
-``dfarchive_last_success_timestamp_seconds``       gauge: when this process last archived a
-                                                   run (Unix time; 0 before the first)
-``dfarchive_archive_throughput_bytes_per_second``  histogram: end-to-end rate of each run
-                                                   archived here (tar bytes / seconds)
-``dfarchive_fixity_runs{result}``                  gauge: encrypted runs by their last
-                                                   audit's result (``ok``, ``failed``,
-                                                   ``missing``, ``unchecked``); from the
-                                                   store, like ``dfarchive_runs``
-``dfarchive_fixity_oldest_check_age_seconds``      gauge: the longest any encrypted run has
-                                                   gone unchecked (since its last audit, or
-                                                   since it was archived/adopted)
-``dfarchive_fixity_bytes_total``                   counter: archive bytes this process read
-                                                   for audits
-=================================================  ========================================
+The metrics, their types and who serves each are in the README's "Metrics" section.
 
 ``dataflow_archive`` serves them with :func:`serve_metrics` (with the usual
 ``process_*`` metrics). Dramatiq workers serve the per-process ones (not the store
@@ -46,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dfarchive.coordination import fixity
 from dfarchive.coordination.attempt import AttemptObserver, AttemptOutcome
 from dfarchive.coordination.runstate import ENCRYPTED, STATUSES
-from dfarchive.errors import DfArchiveError, StoreError
+from dfarchive.errors import MetricsError, StoreError
 from dfarchive.service.config import Config
 
 if TYPE_CHECKING:
@@ -65,10 +44,6 @@ STORE_READ_INTERVAL = 15.0
 ADDRESS_ENV = "DFARCHIVE_METRICS_ADDR"
 #: Histogram buckets for a run's throughput, bytes/s: 1 MB/s … 2 GB/s.
 THROUGHPUT_BUCKETS = (1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2e8, 4e8, 8e8, 1.6e9, float("inf"))
-
-
-class MetricsError(DfArchiveError):
-    """The metrics endpoint could not be started."""
 
 
 class ArchiveMetrics(AttemptObserver):

@@ -20,7 +20,7 @@ from dfarchive.coordination import runstate
 from dfarchive.coordination.runstate import RunDocument
 from dfarchive.coordination.scan import scan_runs
 from dfarchive.coordination.store.base import NewRun, RunStore
-from dfarchive.errors import DfArchiveError, StoreUnavailable
+from dfarchive.errors import BrokerError, DfArchiveError, StartupError, StoreUnavailable
 from dfarchive.plumbing.sigsafe import SignalSafeEvent
 from dfarchive.service.config import Config
 
@@ -166,30 +166,20 @@ def _unmark(store: RunStore, unsent: list[RunDocument]) -> None:
         log.warning("%d runs not sent; the next pass sends them", len(cleared))
 
 
-@dataclass
-class _Known:
-    """What this process learnt about a store's run documents, kept between passes."""
-
-    mark: str | None = None  # the store's change mark when last asked
-    matched: dict[str, str] = field(default_factory=dict)  # run id → its folder's path
-
-
-#: Per store, the run documents found to match their folders: read again only when the
-#: store's change log reports them changed (re-reading every known run on every pass
-#: was most of a pass's cost on CouchDB).
-_KNOWN: weakref.WeakKeyDictionary[RunStore, _Known] = weakref.WeakKeyDictionary()
-
-
 def register_found(store: RunStore, runs: list[NewRun], *, worker_id: str) -> list[str]:
     """Register the complete run folders the store does not know; return the new ids.
 
     Logs (every pass, never silently) the folders that will not be archived because
     the store holds their run id for another folder, or in a state dfarchive does not
     know. Costs one read of the documents not known to match (all of them on a
-    process's first pass, and on every pass for a store without a change log), one
+    store handle's first pass, and on every pass for a store without a change log), one
     bulk insert if some runs are new, and one request for the change log if any.
+
+    The documents found to match their folders are kept in ``store.known``, and read
+    again only when the store's change log reports them changed (re-reading every
+    known run on every pass was most of a pass's cost on CouchDB).
     """
-    known = _KNOWN.setdefault(store, _Known())
+    known = store.known
     changes = store.changed_since(known.mark)  # before reading: later changes come next time
     known.mark = changes.mark
     if changes.ids is None:
@@ -235,6 +225,43 @@ def _archivable(run: NewRun, doc: RunDocument) -> bool:
     return True
 
 
+#: Errors after which the next pass may well succeed: the store or broker unreachable.
+TRANSIENT_ERRORS = (StoreUnavailable, BrokerError)
+
+
+@dataclass(frozen=True)
+class PassErrors:
+    """The error policy of a loop of scheduling passes (the scheduler's, the local
+    loop's): an error that ends only the pass is logged, and the next pass, one
+    ``scan_interval`` later, tries again; any other error ends the loop (raised).
+
+    A transient error (:data:`TRANSIENT_ERRORS`) always ends only the pass. Any other
+    dfarchive error ends only the pass if ``failed`` is set (the scheduler), and the
+    loop if not (the local loop: its runs in progress finish, then it stops).
+    """
+
+    log: logging.Logger  # the loop's own logger
+    retrying: str  # logged, with the error, for a transient error
+    failed: str | None = None  # logged, with the error, for any other; None: raised
+
+    def ends_pass(self, error: DfArchiveError) -> bool:
+        """Log ``error`` if it ends only the pass and return True; False: raise it."""
+        if isinstance(error, TRANSIENT_ERRORS):
+            self.log.error("%s: %s", self.retrying, error)
+            return True
+        if self.failed is not None:
+            self.log.error("%s: %s", self.failed, error)
+            return True
+        return False
+
+
+SCHEDULER_ERRORS = PassErrors(
+    log=log,
+    retrying="scheduling pass failed, retrying next interval",
+    failed="scheduling pass failed",
+)
+
+
 def run_scheduler(
     config: Config, *, once: bool = False, stop: SignalSafeEvent | None = None
 ) -> int:
@@ -243,20 +270,18 @@ def run_scheduler(
     ``stop`` is set by the caller's signal handlers, hence not a ``threading.Event``.
     """
     from dfarchive.service.messaging import (
-        BrokerError,
-        broker_url,
         connected_broker,
         enqueue_archive,
         enqueue_fixity,
+        required_broker_url,
     )
-    from dfarchive.service.startup import StartupError, open_checked_store, worker_id
+    from dfarchive.service.startup import open_checked_store, worker_id
 
-    url = broker_url(config.broker_url)
-    if url is None:
-        raise StartupError(
-            f"{config.source}: broker_url: missing; the scheduler feeds dramatiq workers "
-            "through RabbitMQ (without a broker, run dataflow_archive instead)"
-        )
+    url = required_broker_url(
+        config,
+        "the scheduler feeds dramatiq workers through RabbitMQ (without a broker, run "
+        "dataflow_archive instead)",
+    )
     store = open_checked_store(config)
     try:
         broker = connected_broker(url)
@@ -283,12 +308,9 @@ def run_scheduler(
                     len(report.enqueued),
                     len(report.audits),
                 )
-            except (StoreUnavailable, BrokerError) as error:
-                log.error("scheduling pass failed, retrying next interval: %s", error)
-                if once:
-                    return 1
             except DfArchiveError as error:
-                log.error("scheduling pass failed: %s", error)
+                if not SCHEDULER_ERRORS.ends_pass(error):
+                    raise
                 if once:
                     return 1
             if once or stop.wait(config.scan_interval):

@@ -16,14 +16,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from dfarchive.archiving.keys import Recipient, resolve_recipient
 from dfarchive.archiving.pipeline import ArchiveSettings
 from dfarchive.coordination.store import RunStore
-from dfarchive.errors import DfArchiveError, RecipientError, StoreError
+from dfarchive.errors import RecipientError, StartupError, StoreError
 from dfarchive.service.config import Config
 from dfarchive.service.stores import open_store
-
-
-class StartupError(DfArchiveError):
-    """dfarchive can't start with this configuration on this host."""
-
 
 R = TypeVar("R", bound="Recipient | None")
 

@@ -20,10 +20,9 @@ from dfarchive.archiving.keys import resolve_recipient
 from dfarchive.coordination import runstate
 from dfarchive.coordination.leftovers import legacy_key_leftovers, remove_legacy_key_leftover
 from dfarchive.coordination.store import NewRun, SqliteStore
-from dfarchive.errors import CryptoError, TransitionRefused
+from dfarchive.errors import AdoptionError, CryptoError, TransitionRefused
 from dfarchive.ops.adopt import (
     LEGACY_FORMAT,
-    AdoptionError,
     check_key_file,
     check_symmetric_message,
     key_file_recipients,

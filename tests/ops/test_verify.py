@@ -13,10 +13,10 @@ from dfarchive.archiving import keys
 from dfarchive.archiving.keys import gpg_passphrase
 from dfarchive.archiving.tarheaders import TarHeaderWalker
 from dfarchive.coordination.store import SqliteStore
-from dfarchive.errors import ToolError
+from dfarchive.errors import NotVerifiable, ToolError
 from dfarchive.openpgp import decrypt_bytes
 from dfarchive.ops.adopt import key_file_recipients
-from dfarchive.ops.verify import NotVerifiable, archive_record, recipient_key_lister, verify_run
+from dfarchive.ops.verify import archive_record, recipient_key_lister, verify_run
 from tests.support.archives import (
     LEGACY_KEYS,
     ArchivedRun,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from dfarchive.coordination.store import RunStore, SqliteStore
+from dfarchive.errors import BrokerError
 from dfarchive.service.config import Config
-from dfarchive.service.messaging import BrokerError, check_broker, enqueue_archive, make_broker
+from dfarchive.service.messaging import check_broker, enqueue_archive, make_broker
 from dfarchive.service.scheduler import schedule_pass
 
 SENTINEL = ".metadata_rsync_exitcode"

@@ -43,6 +43,16 @@ class NewRun:
     sequencer: str
 
 
+@dataclass
+class KnownRuns:
+    """What the scheduling passes over one store handle learnt about its run documents,
+    kept between passes: the documents found to match their folders, trusted until the
+    change log since ``mark`` names them (see :meth:`RunStore.changed_since`)."""
+
+    mark: str | None = None  # the store's change mark when last asked
+    matched: dict[str, str] = field(default_factory=dict)  # run id → its folder's path
+
+
 @dataclass(frozen=True)
 class Changes:
     """What :meth:`RunStore.changed_since` found.
@@ -90,8 +100,8 @@ class RunStore(ABC):
     def __init__(
         self,
         *,
-        max_attempts: int = 3,
-        lease_seconds: float = 300,
+        max_attempts: int = runstate.DEFAULT_MAX_ATTEMPTS,
+        lease_seconds: float = runstate.DEFAULT_LEASE_SECONDS,
         legacy_lease_seconds: float = runstate.DEFAULT_LEGACY_LEASE_SECONDS,
         clock: Clock = utc_now,
     ) -> None:
@@ -99,6 +109,9 @@ class RunStore(ABC):
         self.lease_seconds = lease_seconds
         self.legacy_lease_seconds = legacy_lease_seconds
         self.clock = clock
+        #: Owned by whoever holds this handle (a loop): a new handle, like a new
+        #: process, knows nothing yet.
+        self.known = KnownRuns()
 
     # -- backend primitives -------------------------------------------------------
 
@@ -345,13 +358,7 @@ class RunStore(ABC):
         it was read (another scheduler marked it, a worker claimed it), is skipped.
         """
         now = self.clock()
-        changed = []
-        for doc in docs:
-            try:
-                changed.append(runstate.mark_enqueued(doc, now=now))
-            except TransitionRefused:
-                continue
-        return self._replace_many(changed) if changed else []
+        return self._change_many(docs, lambda doc: runstate.mark_enqueued(doc, now=now))
 
     def unmark_enqueued_many(self, marked: Iterable[RunDocument]) -> list[str]:
         """Undo :meth:`mark_enqueued_many` for runs whose message was not sent, in one
@@ -393,15 +400,23 @@ class RunStore(ABC):
         """Record (``sent``) or remove an audit message's mark for each run whose
         document is still as read, in one write; returns those written."""
         now = self.clock() if sent else None
+        return self._change_many(docs, lambda doc: runstate.mark_fixity_enqueued(doc, now=now))
+
+    # -- the compare-and-swap loop ------------------------------------------------
+
+    def _change_many(
+        self, docs: Iterable[RunDocument], change: Callable[[RunDocument], RunDocument]
+    ) -> list[RunDocument]:
+        """Apply ``change`` to each of ``docs`` as read (skipping those it refuses with
+        TransitionRefused) and write them in one request; returns those written (a
+        document changed since it was read is not)."""
         changed = []
         for doc in docs:
             try:
-                changed.append(runstate.mark_fixity_enqueued(doc, now=now))
+                changed.append(change(doc))
             except TransitionRefused:
                 continue
         return self._replace_many(changed) if changed else []
-
-    # -- the compare-and-swap loop ------------------------------------------------
 
     def _update(self, run_id: str, change: Callable[[RunDocument], RunDocument]) -> RunDocument:
         """Apply ``change`` to the current document until a write wins.
