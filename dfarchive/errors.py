@@ -151,3 +151,27 @@ class AdoptionError(DfArchiveError):
 
 class Yielded(DfArchiveError):
     """The audit stopped because archive work arrived; nothing was recorded."""
+
+
+# -- restore -------------------------------------------------------------------------
+
+
+class RestoreError(DfArchiveError):
+    """The archive could not be restored; nothing was left in the destination."""
+
+
+class UnsafeMember(RestoreError):
+    """A member would be extracted outside the destination, or through a link."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"refusing archive member {name!r}: {reason}")
+
+
+class RestoreIntegrityError(RestoreError):
+    """The archive is damaged, tampered with, or not the one recorded for the run."""
+
+
+class DestinationExists(RestoreError):
+    """The run folder already exists in the destination directory."""

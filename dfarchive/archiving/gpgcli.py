@@ -26,6 +26,20 @@ SYMMETRIC_AES256 = (
     "none",
 )
 DECRYPT = "--decrypt"
+END_OF_OPTIONS = "--"
+LIST_KEYS = (
+    "--with-colons",
+    "--fixed-list-mode",
+    "--with-subkey-fingerprints",
+    "--no-auto-check-trustdb",
+    "--list-keys",
+)
+ENCRYPT_TO = ("--trust-model", "always", STATUS_FD, "2", "--encrypt", "--recipient")
+LIST_RECIPIENTS = (STATUS_FD, "1", "--list-only", DECRYPT)
+DECRYPT_WITH_STATUS = (STATUS_FD, "2", DECRYPT)
+
+GPG_EXIT_TIMEOUT = 60.0
+"""Seconds gpg may take to exit once its output ended."""
 
 STATUS_PREFIX = b"[GNUPG:] "
 

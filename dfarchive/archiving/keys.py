@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dfarchive.archiving.gpgcli import BATCH, GPG, OUTPUT_STDOUT, status_keywords
+from dfarchive.archiving.gpgcli import (
+    BATCH,
+    DECRYPT_WITH_STATUS,
+    ENCRYPT_TO,
+    END_OF_OPTIONS,
+    GPG,
+    LIST_KEYS,
+    LIST_RECIPIENTS,
+    OUTPUT_STDOUT,
+    status_keywords,
+)
 from dfarchive.errors import KeyFileError, RecipientError, ToolError
 from dfarchive.plumbing.childproc import child_environment
 
@@ -35,20 +45,9 @@ RUN_KEY_BYTES = 32
 GPG_KEY_OP_TIMEOUT = 60.0
 """Seconds a gpg key operation (list, encrypt, decrypt a key) may take."""
 
-LIST_KEYS = (
-    "--with-colons",
-    "--fixed-list-mode",
-    "--with-subkey-fingerprints",
-    "--no-auto-check-trustdb",
-    "--list-keys",
-)
-ENCRYPT_TO = ("--trust-model", "always", "--status-fd", "2", "--encrypt", "--recipient")
-LIST_RECIPIENTS = ("--status-fd", "1", "--list-only", "--decrypt")
-DECRYPT_WITH_STATUS = ("--status-fd", "2", "--decrypt")
 PASSPHRASE_ENDS = (b"\n", b"\0")
 """gpg stops reading a --passphrase-file/--passphrase-fd at a newline; a NUL ends the
 C string it then hashes (gnupg g10/passphrase.c: read_passphrase_from_fd, strlen)."""
-END_OF_OPTIONS = "--"
 
 _UNUSABLE_VALIDITY = frozenset("rei")  # revoked, expired, invalid
 _DISABLED = "D"  # in the capabilities field of a primary key

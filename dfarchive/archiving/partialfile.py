@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from dfarchive.errors import ClaimLost
+from dfarchive.plumbing.childproc import write_all
 from dfarchive.plumbing.directio import open_direct
 
 PARTIAL_SUFFIX = ".partial"
@@ -67,9 +68,7 @@ class PartialFile:
 
     def write_all(self, data: bytes) -> None:
         assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        write_all(self.fd, data)
 
     def sync(self) -> None:
         """Flush the data to the device (before reading it back to validate)."""

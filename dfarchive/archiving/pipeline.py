@@ -198,9 +198,8 @@ def archive_run(
     run_progress = RunProgress(progress, estimate)
     write_and_validate = _overlapped if overlaps(settings) else _one_after_the_other
     with archive, key:
-        result, archive_sha256 = write_and_validate(
-            run_id, run_path, settings, engine, archive, passphrase, run_progress, cancel
-        )
+        job = _Job(run_id, run_path, settings, engine, archive, run_progress, cancel)
+        result, archive_sha256 = write_and_validate(job, passphrase)
         run_progress.validated(result.plaintext_size)
         _check(cancel)
         key.open()
@@ -250,88 +249,84 @@ def overlaps(settings: ArchiveSettings) -> bool:
     return settings.validate == "overlapped" and not settings.validate_from_device
 
 
-def _one_after_the_other(
-    run_id: str,
-    run_path: Path,
-    settings: ArchiveSettings,
-    engine: Engine,
-    archive: PartialFile,
-    passphrase: bytes,
-    progress: RunProgress,
-    cancel: threading.Event | None,
-) -> tuple[EncryptResult, str]:
+@dataclass(frozen=True)
+class _Job:
+    """The archive to write and validate, and for which run (the run key goes apart, so
+    that it is dropped as soon as it is wrapped)."""
+
+    run_id: str
+    run_path: Path
+    settings: ArchiveSettings
+    engine: Engine
+    archive: PartialFile
+    progress: RunProgress
+    cancel: threading.Event | None
+
+
+def _one_after_the_other(job: _Job, passphrase: bytes) -> tuple[EncryptResult, str]:
     """Write the archive, fsync it, then validate it; the result and its SHA-256."""
-    result = engine.encrypt(
-        run_path,
-        archive.open(direct=settings.direct_io),
+    result = job.engine.encrypt(
+        job.run_path,
+        job.archive.open(direct=job.settings.direct_io),
         passphrase,
-        exclusions=settings.tar_exclusions,
-        progress=progress.written,
-        cancel=cancel,
+        exclusions=job.settings.tar_exclusions,
+        progress=job.progress.written,
+        cancel=job.cancel,
     )
-    archive.sync()
-    _check(cancel)
+    job.archive.sync()
+    _check(job.cancel)
     log.info(
         "[%s] wrote %s bytes in %.0f s; validating",
-        run_id,
+        job.run_id,
         result.archive_size,
         result.seconds,
     )
     archive_sha256 = validate_archive(
-        archive.path,
+        job.archive.path,
         passphrase,
         result,
-        method=settings.validate_with,
-        from_device=settings.validate_from_device,
-        direct=settings.direct_io,
-        cancel=cancel,
-        progress=progress.validated,
+        method=job.settings.validate_with,
+        from_device=job.settings.validate_from_device,
+        direct=job.settings.direct_io,
+        cancel=job.cancel,
+        progress=job.progress.validated,
     )
     return result, archive_sha256
 
 
-def _overlapped(
-    run_id: str,
-    run_path: Path,
-    settings: ArchiveSettings,
-    engine: Engine,
-    archive: PartialFile,
-    passphrase: bytes,
-    progress: RunProgress,
-    cancel: threading.Event | None,
-) -> tuple[EncryptResult, str]:
+def _overlapped(job: _Job, passphrase: bytes) -> tuple[EncryptResult, str]:
     """Write the archive while a reader trailing the writer validates it; fsync it;
     return the result and its SHA-256. A failure of either side stops the other."""
-    out_fd = archive.open(direct=settings.direct_io)
+    out_fd = job.archive.open(direct=job.settings.direct_io)
     written = WriteProgress()
-    stop = LinkedEvent(cancel)  # set by the reader when it fails: the writer stops
+    stop = LinkedEvent(job.cancel)  # set by the reader when it fails: the writer stops
     with TrailingValidation(
-        archive.path,
+        job.archive.path,
         out_fd,
         passphrase,
         written,
-        method=settings.validate_with,
-        direct=settings.direct_io,
+        method=job.settings.validate_with,
+        direct=job.settings.direct_io,
         stop=stop,
-        progress=progress.validated,
+        progress=job.progress.validated,
     ) as validation:
         try:
-            result = engine.encrypt(
-                run_path,
+            result = job.engine.encrypt(
+                job.run_path,
                 out_fd,
                 passphrase,
-                exclusions=settings.tar_exclusions,
-                progress=progress.written,
+                exclusions=job.settings.tar_exclusions,
+                progress=job.progress.written,
                 cancel=stop,
                 written=written,
             )
         except Cancelled:
             validation.raise_error()  # the reader failed and stopped the writer: the cause
             raise
-        archive.sync()
+        job.archive.sync()
         log.info(
             "[%s] wrote %s bytes in %.0f s; validating the rest",
-            run_id,
+            job.run_id,
             result.archive_size,
             result.seconds,
         )

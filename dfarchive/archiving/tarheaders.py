@@ -9,8 +9,10 @@ stream holds, a SHA-256 over their names in order, whether the end-of-archive ma
 name the stream mentions (members, and the targets of hard links, which name earlier
 members), so that the archive can be checked to hold exactly the run folder.
 
-The archiving engines index the plaintext on its way into the encryptor, validation
-indexes the decrypted stream; the two summaries must be equal.
+A :class:`TarStreamTally` is the walker with what every reader of a plaintext tar
+stream also takes of it: its length and, if asked, its SHA-256. The archiving engines
+tally the plaintext on its way into the encryptor; validation, verification and
+restore tally the decrypted stream; the summaries must be equal.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 from dataclasses import dataclass
 
 from dfarchive.errors import ValidationError
+from dfarchive.plumbing.threadhash import ThreadedHash, Ticket
 
 BLOCK = 512
 """A tar block: headers are one block, member data is padded to whole blocks."""
@@ -240,6 +243,68 @@ class TarHeaderWalker:
                 self._pax_linkpath = linkpath
         self._meta_type = None
         self._skip = self._meta_padding
+
+
+class TarStreamTally:
+    """Length, SHA-256 (with ``sha256``) and :class:`TarHeaderWalker` of a tar stream fed
+    in chunks.
+
+    ``threaded`` hashes on a helper thread (see
+    :class:`~dfarchive.plumbing.threadhash.ThreadedHash`; :meth:`close` it then).
+
+    With ``keep_going``, a corrupt header does not raise: it is kept in :attr:`error`,
+    and the walk stops there while counting and hashing go on.
+    """
+
+    def __init__(
+        self,
+        *,
+        sha256: bool = False,
+        threaded: bool = False,
+        keep_going: bool = False,
+    ) -> None:
+        self.size = 0
+        """Bytes fed so far."""
+        self.walker = TarHeaderWalker()
+        self.error: ValidationError | None = None
+        """The corrupt header that stopped the walk, if one did."""
+        self._sha256 = ThreadedHash("sha256", threaded=threaded) if sha256 else None
+        self._keep_going = keep_going
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> Ticket:
+        """Count, hash and walk the next ``chunk`` of the stream.
+
+        Returns the hash's ticket (see :meth:`ThreadedHash.submit`): ``chunk`` must stay
+        unchanged until it is waited for.
+
+        Raises:
+            ValidationError: a header is corrupt (unless ``keep_going``).
+        """
+        self.size += len(chunk)
+        ticket = None if self._sha256 is None else self._sha256.submit(chunk)
+        if self.error is None:
+            try:
+                self.walker.feed(chunk)
+            except ValidationError as error:
+                self.error = error
+                if not self._keep_going:
+                    raise
+        return ticket
+
+    def summary(self) -> TarSummary:
+        """The walker's summary of everything fed so far."""
+        return self.walker.summary()
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything fed so far (waits for pending pieces)."""
+        if self._sha256 is None:
+            raise ValueError("no SHA-256 was asked for")
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        """Stop the hashing thread, if any (waits for it). Idempotent."""
+        if self._sha256 is not None:
+            self._sha256.close()
 
 
 def _padding(size: int) -> int:

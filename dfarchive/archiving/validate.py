@@ -40,8 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfarchive.archiving.engines.base import EncryptResult
-from dfarchive.archiving.gpgcli import status_keywords, symmetric_decrypt_command
-from dfarchive.archiving.tarheaders import TarHeaderWalker
+from dfarchive.archiving.gpgcli import (
+    GPG_EXIT_TIMEOUT,
+    status_keywords,
+    symmetric_decrypt_command,
+)
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.errors import Cancelled, CryptoError, ValidationError
 from dfarchive.openpgp import decrypt
 from dfarchive.plumbing.childproc import (
@@ -63,9 +67,6 @@ VALIDATE_MODES = ("overlapped", "after")
 
 READ_SIZE = 4 << 20
 """Bytes read from the archive per step (a multiple of ``DIRECT_ALIGNMENT``)."""
-
-GPG_EXIT_TIMEOUT = 60.0
-"""Seconds gpg may take to exit once its output ended."""
 
 GPG_REQUIRED_STATUS = frozenset({"DECRYPTION_OKAY", "GOODMDC", "END_DECRYPTION"})
 GPG_FATAL_STATUS = frozenset({"BADMDC", "DECRYPTION_FAILED", "NO_SECKEY", "ERROR", "FAILURE"})
@@ -248,6 +249,17 @@ class _ReadBack:
     plaintext: _PlaintextCheck
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """Reading an archive back: its file descriptor and name, the event that stops the
+    reading, and the writer the reading trails (if it does)."""
+
+    fd: int
+    where: str
+    cancel: threading.Event | None
+    trail: WriteProgress | None
+
+
 def _check_method(method: str) -> None:
     if method not in VALIDATION_METHODS:
         raise ValueError(f"unknown validation method {method!r}")
@@ -266,7 +278,7 @@ def _read_back(
     it with ``method``."""
     plaintext = _PlaintextCheck(where, progress)
     decrypt_with = _decrypt_with_gpg if method == "gpg" else _decrypt_in_process
-    size, sha256 = decrypt_with(fd, passphrase, plaintext, where, cancel, trail)
+    size, sha256 = decrypt_with(_Reading(fd, where, cancel, trail), passphrase, plaintext)
     return _ReadBack(where, size, sha256, plaintext)
 
 
@@ -281,7 +293,7 @@ def _check(found: _ReadBack, expected: EncryptResult) -> str:
         raise ValidationError(
             f"{where}: decrypts to {plaintext.size} bytes, {expected.plaintext_size} were archived"
         )
-    summary = plaintext.index.summary()
+    summary = plaintext.summary()
     if not summary.end_of_archive:
         raise ValidationError(f"{where}: decrypted tar stream has no end-of-archive marker")
     if (summary.members, summary.members_sha256) != (expected.members, expected.members_sha256):
@@ -293,21 +305,19 @@ def _check(found: _ReadBack, expected: EncryptResult) -> str:
     return found.sha256
 
 
-class _PlaintextCheck:
-    """Counts the decrypted bytes and walks their tar headers; reports the count on the
-    first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
+class _PlaintextCheck(TarStreamTally):
+    """Tallies the decrypted stream (no SHA-256: the MDC vouches for it); reports the
+    count on the first chunk, then at most every ``PROGRESS_INTERVAL`` seconds."""
 
     def __init__(self, where: str, progress: Progress | None = None) -> None:
+        super().__init__()
         self.where = where
-        self.size = 0
-        self.index = TarHeaderWalker()
         self._progress = progress
         self._next_report = 0.0
 
     def __call__(self, chunk: bytes | memoryview) -> None:
-        self.size += len(chunk)
         try:
-            self.index.feed(chunk)
+            self.feed(chunk)
         except ValidationError as exc:
             raise ValidationError(f"{self.where}: decrypted tar stream: {exc}") from None
         if self._progress is not None and time.monotonic() >= self._next_report:
@@ -316,14 +326,10 @@ class _PlaintextCheck:
 
 
 def _decrypt_in_process(
-    fd: int,
-    passphrase: bytes,
-    plaintext: _PlaintextCheck,
-    where: str,
-    cancel: threading.Event | None,
-    trail: WriteProgress | None,
+    reading: _Reading, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt the file behind ``fd`` into ``plaintext``; return its size and SHA-256."""
+    """Decrypt the archive into ``plaintext``; return its size and SHA-256."""
+    fd, where, cancel, trail = reading.fd, reading.where, reading.cancel, reading.trail
     with ReadAhead(
         fd, block_size=READ_SIZE, digest="sha256", cancel=cancel, trail=trail
     ) as archive:
@@ -337,15 +343,11 @@ def _decrypt_in_process(
 
 
 def _decrypt_with_gpg(
-    fd: int,
-    passphrase: bytes,
-    plaintext: _PlaintextCheck,
-    where: str,
-    cancel: threading.Event | None,
-    trail: WriteProgress | None,
+    reading: _Reading, passphrase: bytes, plaintext: _PlaintextCheck
 ) -> tuple[int, str]:
-    """Decrypt the file behind ``fd`` with gpg into ``plaintext``; return its size and
-    SHA-256. With ``trail``, gpg is fed by a :class:`_TrailingPipe`."""
+    """Decrypt the archive with gpg into ``plaintext``; return its size and SHA-256.
+    When it trails a writer, gpg is fed by a :class:`_TrailingPipe`."""
+    fd, where, cancel, trail = reading.fd, reading.where, reading.cancel, reading.trail
     read_back = 0
     sha256 = hashlib.sha256()
 

@@ -538,8 +538,8 @@ def _restore_record(
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Unwrap the key, decrypt, verify and extract into ``--to``; 1 if refused/damaged."""
-    from dfarchive.errors import KeyFileError
-    from dfarchive.ops.restore import RestoreError, restore_archive
+    from dfarchive.errors import KeyFileError, RestoreError
+    from dfarchive.ops.restore import restore_archive
 
     config = _restore_config(args)
     record, code = _restore_record(args, config)

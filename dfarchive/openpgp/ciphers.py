@@ -1,9 +1,9 @@
 """Block ciphers by OpenPGP id, and OpenPGP CFB mode (RFC 4880 13.9, no resync) streaming.
 
 How fast OpenSSL's own CFB runs depends on the build: OpenSSL 3.0 runs it one block
-at a time both ways (770 MB/s for AES-256 on the benchmark machine, where CBC encrypts
-at 1.1 GB/s and decrypts at 8.7), while the OpenSSL 4 in ``cryptography``'s wheels
-encrypts as fast as CBC and decrypts at over 30 GB/s. So for AES each direction is
+at a time both ways (slower than CBC, much slower than CBC decryption), while the
+OpenSSL 4 in ``cryptography``'s wheels encrypts as fast as CBC and decrypts faster
+still (figures in ``benchmarks/results``). So for AES each direction is
 measured once per process (:func:`_native_is_faster`) and the faster of OpenSSL's CFB
 and the construction below is used; the other ciphers (read only, from old gpg
 messages) always use the construction.
@@ -101,7 +101,12 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 
 class _CfbBase:
-    """Shared state: the CBC/ECB contexts, the next key-stream block, the partial tail."""
+    """CFB from two OpenSSL stages (see the module docstring): a subclass sets
+    ``_first`` and ``_second`` (CBC then ECB to encrypt, ECB then CBC to decrypt). Keeps
+    the next key-stream block and the partial tail."""
+
+    _first: CipherContext
+    _second: CipherContext
 
     def __init__(self, spec: CipherSpec, key: bytes, max_piece: int) -> None:
         if len(key) != spec.key_size:
@@ -115,6 +120,7 @@ class _CfbBase:
         self.max_piece = max_piece
         self._scratch: memoryview | None = None
         self._cbc_iv = first_keystream
+        self._total = 0
 
     def _track_tail(self, piece: memoryview, total_before: int) -> None:
         """Remember the input octets that do not yet fill a block."""
@@ -132,35 +138,35 @@ class _CfbBase:
         )
         return self._scratch
 
+    def update_into(self, piece: memoryview | bytes, out: memoryview) -> int:
+        """Encrypt (or decrypt) every block completed by ``piece`` into ``out``; return
+        the byte count.
+
+        ``out`` must hold ``len(piece) + 2 * block_size`` bytes.
+        """
+        piece = memoryview(piece)
+        tmp = self._tmp_for(piece)
+        n = self._first.update_into(piece, tmp)
+        self._track_tail(piece, self._total)
+        self._total += len(piece)
+        if not n:
+            return 0
+        self._next_keystream = bytes(tmp[n - self.block_size : n])
+        return self._second.update_into(tmp[:n], out)
+
+    def finalize(self) -> bytes:
+        """Output of the last partial block (may be empty). Ends the stream."""
+        self._finished = True
+        return _xor(self._tail, self._next_keystream)
+
 
 class _ConstructedCfbEncryptor(_CfbBase):
     """OpenPGP CFB encryption with a zero IV, fed in pieces of at most ``max_piece`` bytes."""
 
     def __init__(self, spec: CipherSpec, key: bytes, max_piece: int) -> None:
         super().__init__(spec, key, max_piece)
-        self._cbc = _context(spec, key, modes.CBC(self._cbc_iv), True)
-        self._ecb = _context(spec, key, modes.ECB(), False)
-        self._total = 0
-
-    def update_into(self, piece: memoryview | bytes, out: memoryview) -> int:
-        """Encrypt every block completed by ``piece`` into ``out``; return the byte count.
-
-        ``out`` must hold ``len(piece) + 2 * block_size`` bytes.
-        """
-        piece = memoryview(piece)
-        tmp = self._tmp_for(piece)
-        n = self._cbc.update_into(piece, tmp)
-        self._track_tail(piece, self._total)
-        self._total += len(piece)
-        if not n:
-            return 0
-        self._next_keystream = bytes(tmp[n - self.block_size : n])
-        return self._ecb.update_into(tmp[:n], out)
-
-    def finalize(self) -> bytes:
-        """Ciphertext of the last partial block (may be empty). Ends the stream."""
-        self._finished = True
-        return _xor(self._tail, self._next_keystream)
+        self._first = _context(spec, key, modes.CBC(self._cbc_iv), True)
+        self._second = _context(spec, key, modes.ECB(), False)
 
 
 class _ConstructedCfbDecryptor(_CfbBase):
@@ -168,29 +174,8 @@ class _ConstructedCfbDecryptor(_CfbBase):
 
     def __init__(self, spec: CipherSpec, key: bytes, max_piece: int) -> None:
         super().__init__(spec, key, max_piece)
-        self._ecb = _context(spec, key, modes.ECB(), True)
-        self._cbc = _context(spec, key, modes.CBC(self._cbc_iv), False)
-        self._total = 0
-
-    def update_into(self, piece: memoryview | bytes, out: memoryview) -> int:
-        """Decrypt every block completed by ``piece`` into ``out``; return the byte count.
-
-        ``out`` must hold ``len(piece) + 2 * block_size`` bytes.
-        """
-        piece = memoryview(piece)
-        tmp = self._tmp_for(piece)
-        n = self._ecb.update_into(piece, tmp)
-        self._track_tail(piece, self._total)
-        self._total += len(piece)
-        if not n:
-            return 0
-        self._next_keystream = bytes(tmp[n - self.block_size : n])
-        return self._cbc.update_into(tmp[:n], out)
-
-    def finalize(self) -> bytes:
-        """Plaintext of the last partial block (may be empty). Ends the stream."""
-        self._finished = True
-        return _xor(self._tail, self._next_keystream)
+        self._first = _context(spec, key, modes.ECB(), True)
+        self._second = _context(spec, key, modes.CBC(self._cbc_iv), False)
 
 
 class _NativeCfb:

@@ -30,6 +30,7 @@ from dfarchive.openpgp.streams import (
     ByteSource,
     FileStream,
     InflateStream,
+    next_header,
     read_header,
     read_small_body,
 )
@@ -38,8 +39,8 @@ from dfarchive.plumbing.threadhash import ThreadedHash
 DEFAULT_READ_SIZE = 1 << 22
 PIECE_SIZE = 1 << 20
 """Largest piece decrypted, hashed and handed on at once, whatever ``read_size``: pieces
-that stay in the CPU caches between decryption, hashing and the sink read about 50%
-faster here than 4 MiB ones."""
+that stay in the CPU caches between decryption, hashing and the sink are read faster
+than larger ones (``benchmarks/results``)."""
 MAX_SESSION_PACKET = 1 << 16
 """Largest SKESK/PKESK/marker body accepted (real ones are well under 1 KiB)."""
 MAX_SESSION_PACKETS = 16
@@ -195,11 +196,9 @@ def _read_session_keys(src: Buffered) -> tuple[p.PacketHeader, list[_SessionKey]
     unsupported: UnsupportedMessage | None = None
     seen = 0
     while True:
-        header = read_header(src)
-        if header is None:
-            raise IntegrityError(
-                "message truncated before the encrypted data" if seen else "empty input"
-            )
+        header = next_header(
+            src, "message truncated before the encrypted data" if seen else "empty input"
+        )
         if header.tag == p.TAG_SEIPD:
             if not candidates:
                 raise unsupported or UnsupportedMessage("no passphrase-encrypted session key")

@@ -146,6 +146,14 @@ def read_header(src: Buffered) -> p.PacketHeader | None:
     return p.PacketHeader(tag, int.from_bytes(src.read_exact(size, "a packet header"), "big"))
 
 
+def next_header(src: Buffered, truncated: str) -> p.PacketHeader:
+    """The next packet header; at the end of ``src``, IntegrityError(``truncated``)."""
+    header = read_header(src)
+    if header is None:
+        raise IntegrityError(truncated)
+    return header
+
+
 def read_new_length(src: Buffered) -> tuple[int, bool]:
     """A new-format length (``(length, partial)``) read from ``src``."""
     first = src.read_byte("a packet length")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from types import TracebackType
 from typing import TypedDict, Unpack
 
 from dfarchive.errors import CryptoError
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.ciphers import cfb_encryptor, cipher_spec
 from dfarchive.openpgp.s2k import S2K, S2K_ITERATED
+from dfarchive.plumbing.closeorabort import CloseOrAbort
 from dfarchive.plumbing.threadhash import ThreadedHash
 
 PASSPHRASE_TYPE = bytes
@@ -49,7 +49,7 @@ def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-class SymmetricWriter:
+class SymmetricWriter(CloseOrAbort):
     """Streaming writer of one OpenPGP message: SKESK v4 (AES-256, S2K type 3 iterated +
     salted, SHA-256, 8-byte salt) followed by SEIPD v1 (tag 18) with MDC, containing one
     literal data packet (tag 11, format 'b').
@@ -154,20 +154,6 @@ class SymmetricWriter:
         if self._state == "open":
             self._state = "aborted"
         self._mdc.close()
-
-    def __enter__(self) -> SymmetricWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # -- literal layer -------------------------------------------------------------------
 

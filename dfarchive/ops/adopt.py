@@ -30,22 +30,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dfarchive.archiving.gpgcli import END_OF_OPTIONS, LIST_KEYS
 from dfarchive.archiving.keys import (
-    END_OF_OPTIONS,
-    LIST_KEYS,
     Recipient,
     _parse_colons,
     _run_gpg,
     gpg_passphrase,
 )
 from dfarchive.archiving.pipeline import ARCHIVE_SUFFIX, KEY_SUFFIX
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.coordination.scan import run_id_problem
 from dfarchive.errors import AdoptionError, CryptoError, DfArchiveError, IntegrityError
 from dfarchive.openpgp import ByteSource, decrypt
 from dfarchive.openpgp import packets as p
 from dfarchive.openpgp.s2k import S2K
-from dfarchive.openpgp.streams import BodyStream, Buffered, FileStream, read_header, read_small_body
-from dfarchive.ops.verify import READ_SIZE, _HashingReader, _Plaintext
+from dfarchive.openpgp.streams import (
+    BodyStream,
+    Buffered,
+    FileStream,
+    next_header,
+    read_header,
+    read_small_body,
+)
+from dfarchive.ops.verify import READ_SIZE, _HashingReader
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +113,9 @@ def check_symmetric_message(source: ByteSource, *, whole: bool = True) -> Archiv
     src = Buffered(FileStream(source, READ_SIZE, None), READ_SIZE)
     ciphers: list[int] = []
     while True:
-        header = read_header(src)
-        if header is None:
-            raise IntegrityError(
-                "truncated before the encrypted data" if ciphers else "empty file"
-            )
+        header = next_header(
+            src, "truncated before the encrypted data" if ciphers else "empty file"
+        )
         if header.tag == p.TAG_SKESK:
             ciphers.append(_parse_skesk(read_small_body(src, header, MAX_SESSION_PACKET)))
         elif header.tag == p.TAG_MARKER:
@@ -204,19 +209,19 @@ def _checked(path: Path, check: Callable[[], object]) -> None:
 
 
 def _decrypted(path: Path, reader: _HashingReader, passphrase: bytes) -> dict[str, Any]:
-    plaintext = _Plaintext()
+    plaintext = TarStreamTally(sha256=True, keep_going=True)
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE)
+        decrypt(reader, passphrase, plaintext.feed, read_size=READ_SIZE)
     except CryptoError as error:
         raise AdoptionError(f"archive {path} does not decrypt with its key: {error}") from None
-    summary = plaintext.index.summary()
-    if plaintext.tar_error is not None:
-        raise AdoptionError(f"archive {path}: the tar stream is corrupt: {plaintext.tar_error}")
+    summary = plaintext.summary()
+    if plaintext.error is not None:
+        raise AdoptionError(f"archive {path}: the tar stream is corrupt: {plaintext.error}")
     if not summary.end_of_archive:
         raise AdoptionError(f"archive {path}: the tar stream has no end-of-archive marker")
     return {
         "plaintext_size": plaintext.size,
-        "plaintext_sha256": plaintext.sha256.hexdigest(),
+        "plaintext_sha256": plaintext.hexdigest(),
         "members": summary.members,
         "members_sha256": summary.members_sha256,
         "validated_with": "inprocess",

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from dfarchive.archiving.keys import gpg_passphrase
-from dfarchive.archiving.tarheaders import TarHeaderWalker
+from dfarchive.archiving.tarheaders import TarStreamTally
 from dfarchive.coordination.runstate import ENCRYPTED
 from dfarchive.errors import (
     AdoptionError,
@@ -42,7 +42,6 @@ from dfarchive.errors import (
     DfArchiveError,
     KeyFileError,
     NotVerifiable,
-    ValidationError,
 )
 from dfarchive.openpgp import decrypt
 
@@ -319,23 +318,6 @@ def _compare_archive_hash(
         )
 
 
-class _Plaintext:
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.index = TarHeaderWalker()
-        self.tar_error: str | None = None
-
-    def __call__(self, chunk: bytes | memoryview) -> None:
-        self.sha256.update(chunk)
-        self.size += len(chunk)
-        if self.tar_error is None:
-            try:
-                self.index.feed(chunk)
-            except ValidationError as error:
-                self.tar_error = str(error)
-
-
 def _deep_pass(
     fd: int,
     passphrase: bytes,
@@ -343,10 +325,10 @@ def _deep_pass(
     report: VerifyReport,
     reader: _HashingReader,
 ) -> None:
-    plaintext = _Plaintext()
+    plaintext = TarStreamTally(sha256=True, keep_going=True)
     _advise_sequential(fd)
     try:
-        decrypt(reader, passphrase, plaintext, read_size=READ_SIZE, cancel=reader.cancel)
+        decrypt(reader, passphrase, plaintext.feed, read_size=READ_SIZE, cancel=reader.cancel)
         decrypted = True
     except CryptoError as error:
         decrypted = False
@@ -357,10 +339,10 @@ def _deep_pass(
         return
     report.passed.append("decrypts; integrity code (MDC) correct")
     _compare(report, "plaintext size", plaintext.size, record.plaintext_size)
-    _compare(report, "plaintext SHA-256", plaintext.sha256.hexdigest(), record.plaintext_sha256)
-    summary = plaintext.index.summary()
-    if plaintext.tar_error is not None:
-        report.problems.append(f"the decrypted tar stream is corrupt: {plaintext.tar_error}")
+    _compare(report, "plaintext SHA-256", plaintext.hexdigest(), record.plaintext_sha256)
+    summary = plaintext.summary()
+    if plaintext.error is not None:
+        report.problems.append(f"the decrypted tar stream is corrupt: {plaintext.error}")
     elif not summary.end_of_archive:
         report.problems.append("the decrypted tar stream has no end-of-archive marker")
     else:

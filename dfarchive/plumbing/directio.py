@@ -34,9 +34,20 @@ def open_direct(path: Path, flags: int, mode: int, *, direct: bool = True) -> in
     return os.open(path, flags, mode)
 
 
+def check_block_layout(block_size: int, blocks: int) -> None:
+    """Raise ValueError unless ``blocks`` buffers of ``block_size`` bytes can take turns
+    in direct transfers (two or more, of a multiple of :data:`DIRECT_ALIGNMENT`)."""
+    if block_size % DIRECT_ALIGNMENT or blocks < 2:
+        raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
+
+
+def is_direct(fd: int) -> bool:
+    """Whether ``fd`` is open with ``O_DIRECT``."""
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
 def clear_direct(fd: int) -> None:
     """Turn ``O_DIRECT`` off on ``fd`` (a no-op if it is off)."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if flags & os.O_DIRECT:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-

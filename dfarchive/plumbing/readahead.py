@@ -9,7 +9,6 @@ thread's time.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import queue
@@ -17,7 +16,12 @@ import select
 import threading
 
 from dfarchive.plumbing.childproc import check_cancel, wait_fd
-from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, clear_direct
+from dfarchive.plumbing.directio import (
+    DIRECT_ALIGNMENT,
+    check_block_layout,
+    clear_direct,
+    is_direct,
+)
 from dfarchive.plumbing.threadhash import ThreadedHash, Ticket
 from dfarchive.plumbing.writeprogress import WriteProgress
 
@@ -55,12 +59,11 @@ class ReadAhead:
         cancel: threading.Event | None = None,
         trail: WriteProgress | None = None,
     ) -> None:
-        if block_size % DIRECT_ALIGNMENT or blocks < 2:
-            raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
+        check_block_layout(block_size, blocks)
         self.size = 0
         """Bytes returned by :meth:`read` so far."""
         self._fd = fd
-        self._direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self._direct = is_direct(fd)
         self._cancel = cancel
         self._trail = trail
         self._offset = 0  # bytes the helper has read

@@ -7,10 +7,10 @@ submission order (one worker, FIFO). A caller must keep a submitted buffer uncha
 until :meth:`ThreadedHash.wait` for its ticket returns.
 
 ``cryptography`` keeps the GIL during ``update``, so a helper woken just before such a
-call starts hashing only after it. Making :meth:`ThreadedHash.submit` wait until the
-helper is inside ``update`` was measured and costs more than it saves: with several
-helpers (the MDC, the tar stream's SHA-256, the writer) the caller then also waits
-whenever a helper is still busy with the previous piece.
+call starts hashing only after it. :meth:`ThreadedHash.submit` still does not wait until
+the helper is inside ``update``: with several helpers (the MDC, the tar stream's
+SHA-256, the writer) the caller would then also wait whenever a helper is still busy
+with the previous piece, which costs more than it saves (``benchmarks/results``).
 """
 
 from __future__ import annotations

@@ -25,20 +25,16 @@ from pathlib import Path
 import pytest
 
 from dfarchive.archiving import keys
-from dfarchive.errors import KeyFileError
-from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
-from dfarchive.ops.restore import (
-    TEMP_PREFIX,
+from dfarchive.errors import (
     DestinationExists,
+    KeyFileError,
     RestoreError,
     RestoreIntegrityError,
-    SafeExtractor,
-    TarExtraction,
     UnsafeMember,
-    extract_stream,
-    member_parts,
-    restore_archive,
 )
+from dfarchive.openpgp import SymmetricWriter, encrypt_bytes
+from dfarchive.ops.restore import TEMP_PREFIX, restore_archive
+from dfarchive.ops.safeextract import SafeExtractor, TarExtraction, extract_stream, member_parts
 from tests.support.archives import (
     LEGACY_KEYS,
     RUN_ID,

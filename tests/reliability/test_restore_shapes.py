@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from dfarchive.errors import RestoreError, UnsafeMember
 from dfarchive.openpgp import encrypt_bytes
-from dfarchive.ops.restore import RestoreError, UnsafeMember, restore_archive
+from dfarchive.ops.restore import restore_archive
 
 PASSPHRASE = b"0123456789abcdef" * 4
 LONG = "long_directory_name_" * 6  # 120 characters: GNU 'L'/'K' headers, pax records

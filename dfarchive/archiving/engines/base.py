@@ -1,13 +1,16 @@
-"""What an archiving engine is: the :class:`Engine` protocol and its result record."""
+"""What an archiving engine is: the :class:`Engine` base class and its result record."""
 
 from __future__ import annotations
 
 import threading
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from dfarchive.archiving.engines.meter import PlaintextMeter
+from dfarchive.archiving.engines.output import ArchiveOutput
 from dfarchive.plumbing.writeprogress import WriteProgress
 
 
@@ -40,10 +43,21 @@ class EncryptResult:
     other_names: frozenset[bytes] = frozenset()
 
 
-class Engine(Protocol):
-    """Turns a run folder into an OpenPGP-encrypted tar stream (AES-256, MDC)."""
+class Engine(ABC):
+    """Turns a run folder into an OpenPGP-encrypted tar stream (AES-256, MDC).
+
+    :meth:`encrypt` is the same for every engine: it measures the tar stream
+    (:class:`~dfarchive.archiving.engines.meter.PlaintextMeter`) and writes the archive
+    (:class:`~dfarchive.archiving.engines.output.ArchiveOutput`); an engine says only
+    how tar's output becomes OpenPGP, in :meth:`_encrypt`.
+    """
 
     name: str
+    """The engine's name in the configuration and the run record."""
+    doing: str
+    """What the engine does, for error messages (``"gpg encryption"``)."""
+    threaded_hash: bool = False
+    """Whether the tar stream's SHA-256 is taken on a helper thread."""
 
     def encrypt(
         self,
@@ -77,4 +91,55 @@ class Engine(Protocol):
             Cancelled: ``cancel`` was set; no child process is left running.
             OSError: writing to ``out_fd`` failed (e.g. ``ENOSPC``).
         """
-        ...
+        started = time.monotonic()
+        run_path = Path(run_path)
+        what = f"{self.doing} of run folder {str(run_path)!r}"
+        # exits run bottom-up: the engine completes the message, then the output is flushed
+        with (
+            PlaintextMeter(what, progress, threaded=self.threaded_hash) as plaintext,
+            ArchiveOutput(out_fd, written=written) as archive,
+        ):
+            self._encrypt(
+                Encryption(
+                    run_path=run_path,
+                    passphrase=passphrase,
+                    exclusions=exclusions,
+                    cancel=cancel,
+                    what=what,
+                    plaintext=plaintext,
+                    archive=archive,
+                )
+            )
+        plaintext_sha256, summary = plaintext.finish()
+        return EncryptResult(
+            engine=self.name,
+            plaintext_size=plaintext.size,
+            plaintext_sha256=plaintext_sha256,
+            archive_size=archive.size,
+            members=summary.members,
+            members_sha256=summary.members_sha256,
+            seconds=time.monotonic() - started,
+            archived_names=plaintext.archived_names,
+            other_names=plaintext.other_names,
+        )
+
+    @abstractmethod
+    def _encrypt(self, job: Encryption) -> None:
+        """Run tar on ``job.run_path``, pass its output to ``job.plaintext.update`` and
+        encrypt it into ``job.archive``; raise as :meth:`encrypt` says."""
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """One :meth:`Engine.encrypt` call, as the engine's own part sees it."""
+
+    run_path: Path
+    passphrase: bytes = field(repr=False)
+    exclusions: Sequence[str]
+    cancel: threading.Event | None
+    what: str
+    """Names the work in error messages."""
+    plaintext: PlaintextMeter
+    """Gets tar's output."""
+    archive: ArchiveOutput
+    """Gets the OpenPGP message."""

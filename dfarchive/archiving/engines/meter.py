@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable
 
-from dfarchive.archiving.tarheaders import TarHeaderWalker, TarSummary
+from dfarchive.archiving.tarheaders import TarStreamTally, TarSummary
 from dfarchive.errors import ToolError, ValidationError
 from dfarchive.plumbing.threadhash import ThreadedHash, Ticket
 
@@ -19,7 +19,8 @@ PROGRESS_INTERVAL = 1.0
 
 
 class PlaintextMeter:
-    """Length, SHA-256 and :class:`TarHeaderWalker` of the tar stream; throttled progress.
+    """Length, SHA-256 and headers of tar's output (a :class:`TarStreamTally`); throttled
+    progress; tar's errors as :class:`ToolError`.
 
     ``progress`` is called with the bytes so far on the first chunk, then at most once
     every ``PROGRESS_INTERVAL`` seconds, and once more by :meth:`finish`.
@@ -37,9 +38,8 @@ class PlaintextMeter:
         threaded: bool = False,
     ) -> None:
         self.what = what  # names the run in error messages
-        self.size = 0
-        self._sha256 = ThreadedHash("sha256", threaded=threaded)
-        self._index = TarHeaderWalker()
+        self._tally = TarStreamTally(sha256=True, threaded=threaded)
+        self._index = self._tally.walker
         self._progress = progress
         self._next_report = 0.0  # the first chunk is reported at once
 
@@ -52,10 +52,8 @@ class PlaintextMeter:
         Raises:
             ToolError: tar wrote a corrupt header, or a device file's.
         """
-        self.size += len(chunk)
-        ticket = self._sha256.submit(chunk)
         try:
-            self._index.feed(chunk)
+            ticket = self._tally.feed(chunk)
         except ValidationError as exc:
             raise ToolError(f"{self.what}: tar wrote an invalid stream: {exc}") from None
         if self._index.device_members:
@@ -70,6 +68,11 @@ class PlaintextMeter:
         return ticket
 
     wait = staticmethod(ThreadedHash.wait)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the tar stream so far."""
+        return self._tally.size
 
     @property
     def archived_names(self) -> frozenset[bytes]:
@@ -89,14 +92,14 @@ class PlaintextMeter:
         """
         if self._progress is not None:
             self._progress(self.size)
-        summary = self._index.summary()
+        summary = self._tally.summary()
         if not summary.end_of_archive:
             raise ToolError(f"{self.what}: tar output ended without the end-of-archive marker")
-        return self._sha256.hexdigest(), summary
+        return self._tally.hexdigest(), summary
 
     def close(self) -> None:
         """Stop the hashing thread (waits for it). Idempotent."""
-        self._sha256.close()
+        self._tally.close()
 
     def __enter__(self) -> PlaintextMeter:
         return self

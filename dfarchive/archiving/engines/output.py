@@ -7,9 +7,9 @@ encryption. Memory stays at ``BLOCKS`` blocks.
 When the file descriptor is open with ``O_DIRECT`` (:mod:`dfarchive.plumbing.directio`), blocks go
 from these buffers to the device without passing through the page cache. On virtual
 machines that give freed memory back to their host, filling fresh page-cache pages
-costs 1.5-2 CPU-seconds per GiB of kernel time, about as much as the AES encryption
-itself; a direct write costs a few hundredths of that (``benchmarks/README.md``). It
-also keeps archiving terabytes from evicting everything else from the cache. Direct
+costs about as much kernel time as the AES encryption itself, and a direct write a
+small fraction of that (figures in ``benchmarks/results``). It also keeps archiving
+terabytes from evicting everything else from the cache. Direct
 writes need aligned offsets and lengths: every block but the last is full, and the
 last block's aligned part is written directly before ``O_DIRECT`` is turned off for
 the unaligned tail. A filesystem that accepts the flag but refuses a direct write
@@ -25,14 +25,19 @@ soon as a write fails or the output is aborted.
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import queue
 import threading
-from types import TracebackType
 
-from dfarchive.plumbing.directio import DIRECT_ALIGNMENT, clear_direct
+from dfarchive.plumbing.childproc import write_all
+from dfarchive.plumbing.closeorabort import CloseOrAbort
+from dfarchive.plumbing.directio import (
+    DIRECT_ALIGNMENT,
+    check_block_layout,
+    clear_direct,
+    is_direct,
+)
 from dfarchive.plumbing.writeprogress import WriteProgress
 
 BLOCK_SIZE = 4 << 20
@@ -42,7 +47,7 @@ BLOCKS = 3
 """Blocks in flight: one being filled, up to two queued for or in the writer thread."""
 
 
-class ArchiveOutput:
+class ArchiveOutput(CloseOrAbort):
     """Writes the bytes it is called with to ``out_fd``, counting them.
 
     Usable as the ``sink`` of :class:`~dfarchive.openpgp.SymmetricWriter` and as a
@@ -64,12 +69,11 @@ class ArchiveOutput:
         blocks: int = BLOCKS,
         written: WriteProgress | None = None,
     ) -> None:
-        if block_size % DIRECT_ALIGNMENT or blocks < 2:
-            raise ValueError(f"bad block layout: {blocks} blocks of {block_size} bytes")
+        check_block_layout(block_size, blocks)
         self.size = 0
         self._fd = out_fd
         self._written = written
-        self._direct = bool(fcntl.fcntl(out_fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self._direct = is_direct(out_fd)
         self._error: BaseException | None = None
         self._dropping = False
         # anonymous mmaps are page-aligned, as direct I/O needs; bytearrays are not
@@ -126,20 +130,6 @@ class ArchiveOutput:
         if self._written is not None:
             self._written.fail()
 
-    def __enter__(self) -> ArchiveOutput:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
     # -- the writer thread ---------------------------------------------------------------
 
     def _raise_error(self) -> None:
@@ -163,22 +153,24 @@ class ArchiveOutput:
             self._free.put(block)
 
     def _write(self, view: memoryview) -> None:
+        """Write all of ``view``: at most one direct write, then :func:`write_all` for
+        what is left once ``O_DIRECT`` is off."""
         if self._direct and len(view) % DIRECT_ALIGNMENT:
             aligned = len(view) - len(view) % DIRECT_ALIGNMENT
             self._write(view[:aligned])
             self._stop_direct()
             view = view[aligned:]
-        while view:
+        if self._direct and view:
             try:
                 n = os.write(self._fd, view)
             except OSError as error:
-                if error.errno != errno.EINVAL or not self._direct:
+                if error.errno != errno.EINVAL:
                     raise
-                self._stop_direct()  # the filesystem accepted O_DIRECT but refuses it
-                continue
+                n = 0  # the filesystem accepted O_DIRECT but refuses it
             if n < len(view):
-                self._stop_direct()  # the next offset is no longer aligned
+                self._stop_direct()  # refused, or the next offset is no longer aligned
             view = view[n:]
+        write_all(self._fd, view)
 
     def _stop_direct(self) -> None:
         if self._direct:
