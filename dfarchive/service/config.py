@@ -360,24 +360,35 @@ class _Reader:
         return value
 
     def integer(self, raw: Mapping[str, Any], key: str, *, default: int, minimum: int) -> int:
-        value = raw.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected a whole number >= {minimum}, got {_type_name(value)}")
-        if value < minimum:
-            raise self.error(key, f"expected a whole number >= {minimum}, got {value}")
-        return value
+        wanted = f"a whole number >= {minimum}"
+        value = self._at_least(raw, key, minimum, wanted, wanted, whole=True)
+        return default if value is None else int(value)
 
     def number(self, raw: Mapping[str, Any], key: str, *, default: float, minimum: float) -> float:
+        value = self._at_least(
+            raw, key, minimum, "a number of seconds", f"a number >= {minimum:g}", whole=False
+        )
+        return default if value is None else float(value)
+
+    def _at_least(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        minimum: float,
+        wanted_type: str,
+        wanted_value: str,
+        *,
+        whole: bool,
+    ) -> int | float | None:
+        """``raw[key]``, a number (an int if ``whole``; never a bool) >= ``minimum``."""
         value = raw.get(key)
         if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"expected a number of seconds, got {_type_name(value)}")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            raise self.error(key, f"expected {wanted_type}, got {_type_name(value)}")
         if value < minimum:
-            raise self.error(key, f"expected a number >= {minimum:g}, got {value}")
-        return float(value)
+            raise self.error(key, f"expected {wanted_value}, got {value}")
+        return value
 
     def port(self, raw: Mapping[str, Any], key: str) -> int | None:
         value = raw.get(key)
