@@ -69,6 +69,12 @@ class _Pieces:
             self._changed.notify_all()
         return memoryview(buffer)[:size]
 
+    def close(self) -> None:
+        """No more pieces (the decrypting side ended)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
     def get(self) -> _Piece | None:
         """The next piece, waiting for it; None once the decryption ended."""
         with self._changed:
@@ -81,12 +87,6 @@ class _Pieces:
         piece.view.release()
         with self._changed:
             self._free.append(piece.buffer)
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        """No more pieces (the decrypting side ended)."""
-        with self._changed:
-            self._closed = True
             self._changed.notify_all()
 
     def stop(self) -> None:
