@@ -6,9 +6,10 @@ pays (``benchmarks/README.md``); only one child process (tar) is involved:
 * a read-ahead thread (:class:`~dfarchive.plumbing.readahead.ReadAhead`) collects tar's output
   into 1 MiB blocks;
 * this thread walks each block's tar headers
-  (:class:`~dfarchive.archiving.engines.meter.PlaintextMeter`) and encrypts it (AES-CFB:
-  ``cryptography`` holds the GIL while it runs, so the fewer other jobs this thread
-  has, the faster the whole);
+  (:class:`~dfarchive.archiving.engines.meter.PlaintextMeter`) and encrypts it (AES-CFB
+  chains each block to the one before, so this thread is the run's critical path:
+  every job that can run elsewhere does; ``cryptography`` releases the GIL while it
+  encrypts);
 * helper threads take the tar stream's SHA-256 and the OpenPGP MDC's SHA-1 meanwhile
   (hashlib releases the GIL);
 * the writer thread of :class:`~dfarchive.archiving.engines.output.ArchiveOutput` writes the
