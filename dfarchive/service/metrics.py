@@ -140,7 +140,7 @@ class StoreCollector:
         self.interval = interval
         self._lock = threading.Lock()
         self._read_at = -float("inf")
-        self._counts: dict[Any, int] = {}  # by ``status`` as stored: any JSON value
+        self._counts: dict[str, int] = {}  # by str(status): a document may hold any JSON value
         self._fixity = FixityCounts()
         self._up = 0
 
@@ -156,11 +156,12 @@ class StoreCollector:
                 log.warning("metrics: cannot read the store: %s", error)
                 self._up = 0
                 return
-            counts: dict[Any, int] = dict.fromkeys(STATUSES, 0)
+            counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
             audits, wall_now = FixityCounts(), datetime.now(UTC)
             for doc in docs:
                 status = doc.get("status")
-                counts[status] = counts.get(status, 0) + 1
+                label = str(status)  # sortable whatever was written behind our back
+                counts[label] = counts.get(label, 0) + 1
                 if status == ENCRYPTED:
                     audits.add(doc, wall_now)
             self._counts, self._fixity, self._up = counts, audits, 1
@@ -173,7 +174,7 @@ class StoreCollector:
             "dfarchive_runs", "Runs in the status database, by status.", labels=["status"]
         )
         for status, count in sorted(self._counts.items()):
-            runs.add_metric([str(status)], count)
+            runs.add_metric([status], count)
         yield runs
         yield GaugeMetricFamily(
             "dfarchive_store_up", "1 if the last read of the status database worked.", self._up

@@ -3,9 +3,11 @@ dfarchive's from real ``dramatiq dfarchive.actors`` workers, scraped over HTTP."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dfarchive.coordination.attempt import AttemptOutcome
 from dfarchive.coordination.store import NewRun, SqliteStore
-from dfarchive.service.metrics import ArchiveMetrics
+from dfarchive.service.metrics import ArchiveMetrics, StoreCollector
 from tests.support.localrun import documents, make_config, sparse_run
 from tests.support.waiting import wait_until
 
@@ -78,6 +80,29 @@ def test_archive_metrics_count_outcomes():
     assert value("dfarchive_archive_throughput_bytes_per_second_bucket", {"le": "1e+08"}) == 0
     assert value("dfarchive_archive_throughput_bytes_per_second_bucket", {"le": "2e+08"}) == 1
     assert abs(value("dfarchive_last_success_timestamp_seconds") - time.time()) < 60
+
+
+def test_run_counts_survive_documents_with_odd_statuses(tmp_path):
+    """A document written behind dfarchive's back with no status, or a number for one,
+    is counted under its own label; the other counts are still served."""
+    path = tmp_path / "runs.sqlite3"
+    with SqliteStore(path) as store:
+        store.setup()
+        store.register_many([NewRun("run_ok", str(tmp_path / "run_ok"), "seqA")], worker_id="s")
+    with sqlite3.connect(path) as db:
+        for body in ({"_id": "no_status"}, {"_id": "numbered", "status": 3}):
+            db.execute(
+                "INSERT INTO runs (id, rev, status, body) VALUES (?, 1, ?, ?)",
+                (body["_id"], body.get("status"), json.dumps(body)),
+            )
+    with SqliteStore(path) as store:
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(store))
+        assert registry.get_sample_value("dfarchive_runs", {"status": "pending"}) == 1
+        assert registry.get_sample_value("dfarchive_runs", {"status": "None"}) == 1
+        assert registry.get_sample_value("dfarchive_runs", {"status": "3"}) == 1
+        assert registry.get_sample_value("dfarchive_runs", {"status": "failed"}) == 0
+        assert registry.get_sample_value("dfarchive_store_up") == 1
 
 
 def test_dataflow_archive_serves_metrics_after_archiving(tmp_path, gnupg_home):
