@@ -17,6 +17,16 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _core_dumps_left_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run in-process (``tests.support.cli.run_cli``) must not turn core dumps
+    off in the pytest process itself: the hard limit can't be raised again, every later
+    child would inherit it, and ``reliability/test_secrets.py`` needs children that
+    start with core dumps on to prove each command turns them off (in processes of
+    their own, where this patch does not reach)."""
+    monkeypatch.setattr("dfarchive.cli.common.disable_core_dumps", lambda: None)
+
+
 @pytest.fixture
 def deployment(
     tmp_path, couchdb_server, couchdb_database, amqp_url, queue_name, gnupg_home
