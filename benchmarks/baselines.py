@@ -20,6 +20,10 @@ Re-implemented from published behaviour (no third-party code copied):
   file and ``fsync``, the fastest way the machine can (``O_DIRECT``: no page cache);
   and :func:`cost_hashes` and :func:`ceiling_disk` with ``direct=False``, what SHA-256
   and SHA-1, and writing through the page cache, cost here.
+* :func:`ceiling_readback` — the disk's limit for what overlapped validation asks of
+  it: the same fsync'd direct writes while a reader trails them, reading each block
+  back from the device once it is written (no tar, no cipher, no hash); with
+  ``streams=2``, two such files at once.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -131,6 +137,81 @@ def ceiling_disk(ctx: CaseContext, *, direct: bool = True, data: str = "run") ->
     finally:
         path.unlink(missing_ok=True)
     return CaseResult(bytes=size, phases=phases.record)
+
+
+def ceiling_readback(ctx: CaseContext, *, streams: int = 1, data: str = "run") -> CaseResult:
+    """:func:`ceiling_disk` (``O_DIRECT``) into ``streams`` new files at once, each read back
+    with ``O_DIRECT`` by a thread that reads a block as soon as its write has returned,
+    the way overlapped validation trails the archive's writer; every file is fsynced
+    and read to its end when the phase ends. Whole 4 MiB blocks: the last one is
+    written whole, up to 4 MiB more than the tar stream."""
+    _, size = ctx.run(data)
+    blocks = -(-size // CEILING_CHUNK)
+    paths = [Path(ctx.work_dir) / f"ceiling-readback-{i}.bin" for i in range(streams)]
+    phases = Phases()
+    try:
+        with phases("write"), contextlib.ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=2 * streams))
+            trails = [_Trail() for _ in paths]
+            jobs = [pool.submit(_write_blocks, path, blocks, trail)
+                    for path, trail in zip(paths, trails, strict=True)]
+            jobs += [pool.submit(_read_back, path, blocks, trail)
+                     for path, trail in zip(paths, trails, strict=True)]
+            for job in jobs:
+                job.result()
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return CaseResult(bytes=size * streams, phases=phases.record)
+
+
+class _Trail:
+    """Blocks written so far (or -1: the writer failed), for the trailing reader."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.written = 0
+
+    def advance(self, count: int) -> None:
+        with self.changed:
+            self.written = count
+            self.changed.notify_all()
+
+    def wait_for(self, count: int) -> None:
+        with self.changed:
+            while 0 <= self.written < count:
+                self.changed.wait(TOOL_TIMEOUT)
+            if self.written < 0:
+                raise RuntimeError("the writer failed")
+
+
+def _write_blocks(path: Path, blocks: int, trail: _Trail) -> None:
+    block = mmap.mmap(-1, CEILING_CHUNK)
+    block.write(os.urandom(CEILING_CHUNK))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
+    try:
+        for i in range(blocks):
+            os.write(fd, block)
+            trail.advance(i + 1)
+        os.fsync(fd)
+    except BaseException:
+        trail.advance(-1)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _read_back(path: Path, blocks: int, trail: _Trail) -> None:
+    block = mmap.mmap(-1, CEILING_CHUNK)
+    trail.wait_for(1)  # the file exists once the first block is written
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+    try:
+        for i in range(blocks):
+            trail.wait_for(i + 1)
+            if os.readv(fd, [block]) != CEILING_CHUNK:
+                raise RuntimeError(f"{path}: short read of block {i}")
+    finally:
+        os.close(fd)
 
 
 def cost_hashes(ctx: CaseContext, *, data: str = "run") -> CaseResult:

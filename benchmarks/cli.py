@@ -219,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     cases = {case.name: report.summarize(case, rounds[case.name]) for case in args.selected}
     ratios = report.compute_ratios(rounds, default.engine)
+    host = machine.describe(data_dir)
     result = {
         "mode": mode,
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "duration_seconds": round(time.time() - started, 1),
-        "machine": machine.describe(data_dir),
+        "machine": host,
         "code": {**machine.code_version(repo), "at_start": code_at_start},
         "load_average": {"before": load_before, "after_each_round": loads,
                          "after": machine.load_average()},
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "ratios": ratios,
         "scan": scan,
-        "targets": report.evaluate_targets(cases, ratios, scan),
+        "targets": report.evaluate_targets(cases, ratios, scan, host["cores_usable"]),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{mode}.json"

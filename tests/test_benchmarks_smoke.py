@@ -85,6 +85,10 @@ def test_ratios_scan_and_targets_are_reported(quick_report: dict[str, Any]) -> N
     assert [t["name"] for t in quick_report["targets"]] == [t.name for t in TARGETS]
     for target in quick_report["targets"]:
         assert isinstance(target["met"], bool) and math.isfinite(target["value"])
+    ceilings = {t["name"]: t["ceiling"] for t in quick_report["targets"] if t["ceiling"]}
+    assert set(ceilings) == {"e2e_vs_original", "e2e2_vs_original2", "gpg_e2e_vs_original"}
+    for name, ceiling in ceilings.items():
+        assert _positive(ceiling["value"]) and ceiling["bound"] in ("disk", "CPU"), name
 
 
 @pytest.mark.slow
