@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -96,9 +95,6 @@ FIXITY_REENQUEUE_WINDOW = 86400.0
 #: least every hundredth of the interval or every scan_interval if that is longer.
 FIXITY_PASS_SECONDS = 300.0
 
-#: Per store, when this process last looked for due audits (time.monotonic()).
-_FIXITY_LOOKED: weakref.WeakKeyDictionary[RunStore, float] = weakref.WeakKeyDictionary()
-
 
 def enqueue_audits_due(
     store: RunStore, config: Config, enqueue: Callable[[str], None]
@@ -106,14 +102,14 @@ def enqueue_audits_due(
     """Mark, then send an audit message for, every encrypted run due for one (as
     :func:`enqueue_due` does for archiving: the scheduler whose mark wins sends).
     Reads the encrypted runs only every FIXITY_PASS_SECONDS (shorter for short
-    intervals). Returns the ids sent.
+    intervals), timed per store handle (``store.known``). Returns the ids sent.
     """
     interval = timedelta(days=config.fixity_interval_days)
     every = max(config.scan_interval, min(FIXITY_PASS_SECONDS, interval.total_seconds() / 100))
     now = time.monotonic()
-    if now - _FIXITY_LOOKED.get(store, -float("inf")) < every:
+    if now - store.known.audits_looked_at < every:
         return []
-    _FIXITY_LOOKED[store] = now
+    store.known.audits_looked_at = now
     window = min(FIXITY_REENQUEUE_WINDOW, interval.total_seconds())
     due = store.due_for_fixity(interval, window)
     marked = store.mark_fixity_enqueued_many(due) if due else []

@@ -4,6 +4,7 @@ limiter (on real reads), and the scheduler's audit messages over a real SQLite s
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,6 @@ from dfarchive.coordination.store import SqliteStore
 from dfarchive.coordination.store.base import NewRun
 from dfarchive.errors import ConfigError, TransitionRefused
 from dfarchive.ops.verify import verify_run
-from dfarchive.service import scheduler
 from dfarchive.service.config import parse_config
 from dfarchive.service.scheduler import enqueue_audits_due
 from tests.support.clock import ManualClock
@@ -276,7 +276,7 @@ def test_the_scheduler_sends_each_due_audit_once_until_recorded(
     assert sorted(enqueue_audits_due(store, config, sent.append)) == ["run_0", "run_1", "run_2"]
     assert sorted(sent) == ["run_0", "run_1", "run_2"]
     assert all(store.get(f"run_{n}")["fixity_enqueued_at"] for n in range(3))  # type: ignore[index]
-    scheduler._FIXITY_LOOKED.pop(store)  # as if the next look was due: not the window
+    store.known.audits_looked_at = -math.inf  # as if the next look was due: not the window
     assert enqueue_audits_due(store, config, sent.append) == []
     store.record_fixity("run_1", check())
     doc = store.get("run_1")

@@ -10,6 +10,7 @@ nothing is ever overwritten blindly.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -47,10 +48,12 @@ class NewRun:
 class KnownRuns:
     """What the scheduling passes over one store handle learnt about its run documents,
     kept between passes: the documents found to match their folders, trusted until the
-    change log since ``mark`` names them (see :meth:`RunStore.changed_since`)."""
+    change log since ``mark`` names them (see :meth:`RunStore.changed_since`), and when
+    the encrypted runs were last read for due fixity audits."""
 
     mark: str | None = None  # the store's change mark when last asked
     matched: dict[str, str] = field(default_factory=dict)  # run id → its folder's path
+    audits_looked_at: float = -math.inf  # time.monotonic() of the last look for audits
 
 
 @dataclass(frozen=True)
