@@ -182,8 +182,9 @@ MB_PER_GIB = 2**30 / 1e6
 def machine_ceiling(
     ceiling: Ceiling, cases: Mapping[str, Mapping[str, Any]], cores: int
 ) -> dict[str, Any] | None:
-    """The median over the rounds of :class:`Ceiling` ``ceiling`` and what bounds it in
-    that round (``"disk"`` or ``"CPU"``); None if a case it needs did not run."""
+    """:class:`Ceiling` ``ceiling`` in each round, and the lower median of the rounds (a
+    ceiling is not to be overstated) with what bounds it in that round (``"disk"`` or
+    ``"CPU"``); None if a case it needs did not run."""
     names = (ceiling.case, ceiling.baseline, ceiling.disk)
     if any(name not in cases for name in names):
         return None
@@ -192,8 +193,7 @@ def machine_ceiling(
         cpu_bound = cores * MB_PER_GIB / case["cpu_s_per_gib"]
         bound = "disk" if disk["mb_s"] <= cpu_bound else "CPU"
         per_round.append((min(disk["mb_s"], cpu_bound) / baseline["mb_s"], bound))
-    per_round.sort()
-    value, bound = per_round[(len(per_round) - 1) // 2]  # the lower median: a ceiling
+    value, bound = sorted(per_round)[(len(per_round) - 1) // 2]
     return {"value": value, "bound": bound, "rounds": [v for v, _ in per_round]}
 
 
