@@ -1,8 +1,10 @@
 """dfarchive measured through its real code.
 
 * :func:`end_to_end` — ``pipeline.archive_run`` (pre-flight, archive, fsync, validate,
-  key wrap, publish) for one run, or for several at once on a thread pool the way
-  ``dataflow_archive`` runs ``concurrency`` runs in one process.
+  key wrap, publish) for one run, or for several at once: on a thread pool, the way
+  ``dataflow_archive`` runs ``concurrency`` runs in one process (and a worker its
+  ``--threads``), or each in a process of its own, the way ``dramatiq dfarchive.actors
+  --processes N --threads 1`` runs them.
 * :func:`engine_steps` — one engine's ``encrypt`` into a file + ``fsync`` (the archive
   step alone), then ``validate_archive`` with each method on that archive.
 * :func:`gpg_engine_relay` — the ``gpg`` engine with its relay's chunk size changed
@@ -22,21 +24,28 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import multiprocessing
 import os
 import shutil
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.harness import CaseContext, CaseResult, Phases
+from benchmarks.harness import CaseContext, CaseResult, Phases, peak_rss_kib
 from dfarchive.archiving.engines import get_engine
 from dfarchive.archiving.engines.base import EncryptResult
 from dfarchive.archiving.gpgcli import symmetric_encrypt_command
-from dfarchive.archiving.keys import new_run_key, resolve_recipient, unwrap_key, wrap_key
+from dfarchive.archiving.keys import (
+    Recipient,
+    new_run_key,
+    resolve_recipient,
+    unwrap_key,
+    wrap_key,
+)
 from dfarchive.archiving.pipeline import ArchiveSettings, archive_run
 from dfarchive.archiving.tarstream import tar_command
 from dfarchive.archiving.validate import validate_archive
@@ -64,9 +73,11 @@ def end_to_end(
     engine: str | None = None,
     validate_with: str | None = None,
     runs: int = 1,
+    processes: bool = False,
     data: str = "run",
 ) -> CaseResult:
-    """``archive_run`` for ``runs`` runs of the same folder at once (None: defaults)."""
+    """``archive_run`` for ``runs`` runs of the same folder at once (None: defaults);
+    ``processes``: each run in a worker process of its own instead of a thread."""
     run_path, _ = ctx.run(data)
     work = Path(ctx.work_dir)
     settings = default_settings(work, ctx.gnupg_home)
@@ -78,22 +89,20 @@ def end_to_end(
     for folder in (settings.destination_path, settings.keys_path):
         folder.mkdir(mode=0o700)
     recipient = resolve_recipient(ctx.fingerprint, gnupg_home=ctx.gnupg_home)
+    archive = functools.partial(_archive_one, run_path, settings, recipient)
     run_ids = [f"{run_path.name}-{i}" for i in range(runs)]
     phases = Phases()
-
-    def one(run_id: str) -> dict[str, Any]:
-        return archive_run(run_id, run_path, settings, recipient)
-
     try:
         with phases("all"):
             if runs == 1:
-                records = [one(run_ids[0])]
+                done = [archive(run_ids[0])]
             else:
-                with ThreadPoolExecutor(max_workers=runs) as pool:
-                    records = list(pool.map(one, run_ids))
+                with _pool(runs, processes) as pool:  # exits once its workers are reaped
+                    done = list(pool.map(archive, run_ids))
     finally:
         shutil.rmtree(settings.destination_path, ignore_errors=True)
         shutil.rmtree(settings.keys_path, ignore_errors=True)
+    records = [record for record, _ in done]
     return CaseResult(
         bytes=sum(record["plaintext_size"] for record in records),
         phases=phases.record,
@@ -103,7 +112,22 @@ def end_to_end(
             "archive_bytes": records[0]["size"],
             "run_seconds": [record["seconds"] for record in records],
         },
+        worker_peak_rss_kib=max(rss for _, rss in done) if processes else 0,
     )
+
+
+def _pool(workers: int, processes: bool) -> Executor:
+    """Threads, or freshly started processes (no fork of a process holding threads)."""
+    if processes:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(workers)
+
+
+def _archive_one(
+    run_path: Path, settings: ArchiveSettings, recipient: Recipient, run_id: str
+) -> tuple[dict[str, Any], int]:
+    """One run's record, and the peak RSS of the process that archived it."""
+    return archive_run(run_id, run_path, settings, recipient), peak_rss_kib()
 
 
 def _encrypt_to(path: Path, engine: str, run_path: Path, passphrase: bytes) -> EncryptResult:

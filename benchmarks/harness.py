@@ -114,6 +114,9 @@ class CaseResult:
     bytes: int
     phases: dict[str, dict[str, float]]
     extra: dict[str, Any] = field(default_factory=dict)
+    worker_peak_rss_kib: int = 0
+    """The largest peak RSS of the worker processes the case ran its work in, if any:
+    the case's peak RSS is the larger of its own and this."""
 
 
 # -- the case's process: run one case and print its measurements as one JSON line ---------
@@ -145,7 +148,7 @@ def main(argv: list[str]) -> int:
         **asdict(returned),
         "case_seconds": wall,
         "case_cpu_seconds": cpu,
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": max(peak_rss_kib(), returned.worker_peak_rss_kib),
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
