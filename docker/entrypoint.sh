@@ -2,8 +2,8 @@
 # Entrypoint of the dfarchive image.
 #
 #   worker [ARGS]     dramatiq dfarchive.actors (archives runs from the queue); ARGS are
-#                     passed on, default --processes $DFARCHIVE_WORKER_PROCESSES (1)
-#                     --threads $DFARCHIVE_WORKER_THREADS (2) --worker-shutdown-timeout
+#                     passed on, default --processes $DFARCHIVE_WORKER_PROCESSES (2)
+#                     --threads $DFARCHIVE_WORKER_THREADS (1) --worker-shutdown-timeout
 #                     $DFARCHIVE_WORKER_SHUTDOWN_TIMEOUT_MS (600000)
 #   scheduler [ARGS]  dfarchive scheduler (scan, register, reclaim, enqueue)
 #   init [ARGS]       dfarchive init (database, design documents, keys_path)
@@ -50,8 +50,8 @@ case "$mode" in
             find "$dramatiq_prom_db" -mindepth 1 -maxdepth 1 -name '*.db' -delete
         fi
         if [ $# -eq 0 ]; then
-            set -- --processes "${DFARCHIVE_WORKER_PROCESSES:-1}" \
-                --threads "${DFARCHIVE_WORKER_THREADS:-2}" \
+            set -- --processes "${DFARCHIVE_WORKER_PROCESSES:-2}" \
+                --threads "${DFARCHIVE_WORKER_THREADS:-1}" \
                 --worker-shutdown-timeout "${DFARCHIVE_WORKER_SHUTDOWN_TIMEOUT_MS:-600000}"
         fi
         exec dramatiq dfarchive.actors "$@"

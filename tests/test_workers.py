@@ -181,6 +181,30 @@ def test_a_run_outlasting_consumer_timeout_is_archived_exactly_once(
     assert "[run_slow] not claimable" in logs  # the redelivery happened, and was harmless
 
 
+def test_a_process_per_run_archives_runs_side_by_side(deployment):
+    """The layout the README recommends for a worker host, ``--processes 2 --threads 1``:
+    each process holds one run at a time, and both are at work at once."""
+    d = deployment()
+    d.slow_tar(seconds_per_mib=0.5)
+    for n in range(3):
+        d.run_folder(f"run_{n}", size=8 << 20)
+    d.scheduler()
+    d.worker("hostA", processes=2, threads=1)
+    docs = d.wait_for(in_flight(2), "two runs in flight")
+    holders = {doc["claimed_by"] for doc in docs.values() if doc["status"] == "processing"}
+    assert len({holder.split(":")[1] for holder in holders}) == 2, holders  # two processes
+    docs = d.wait_for(all_encrypted(3), "all runs encrypted", timeout=240)
+    for doc in docs.values():
+        assert exactly_once(doc), doc
+    assert sorted(p.name for p in (d.tmp / "archives").iterdir()) == [
+        f"run_{n}.tar.gpg" for n in range(3)
+    ]
+    assert d.partials() == []
+    for run_id in docs:
+        restored = d.restore(run_id)
+        assert (restored / "RunInfo.xml").read_text() == f"<RunInfo id='{run_id}'/>"
+
+
 def test_broker_connections_closed_mid_run(deployment):
     d = deployment()
     d.slow_tar(seconds_per_mib=1.0)

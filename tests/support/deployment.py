@@ -87,7 +87,13 @@ class Deployment:
         return run
 
     def worker(
-        self, host: str, *, threads: int = 2, shutdown_timeout_ms: int = 600_000, **env: str
+        self,
+        host: str,
+        *,
+        processes: int = 1,
+        threads: int = 2,
+        shutdown_timeout_ms: int = 600_000,
+        **env: str,
     ) -> subprocess.Popen:
         log = open(self.tmp / f"worker-{host}.log", "w")  # noqa: SIM115 - closed at exit
         proc = subprocess.Popen(
@@ -95,7 +101,7 @@ class Deployment:
                 str(BIN / "dramatiq"),
                 "dfarchive.actors",
                 "--processes",
-                "1",
+                str(processes),
                 "--threads",
                 str(threads),
                 "--worker-shutdown-timeout",
