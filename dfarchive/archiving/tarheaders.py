@@ -260,7 +260,7 @@ class TarStreamTally:
         self,
         *,
         sha256: bool = False,
-        threaded: bool = False,
+        threaded: bool | None = False,
         keep_going: bool = False,
     ) -> None:
         self.size = 0

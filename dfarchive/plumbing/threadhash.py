@@ -6,6 +6,14 @@ the caller's thread encrypts, decrypts or parses it roughly hides the cost of th
 submission order (one worker, FIFO). A caller must keep a submitted buffer unchanged
 until :meth:`ThreadedHash.wait` for its ticket returns.
 
+That pays only where a core is free to take the helper. With two cores, a run's
+pipeline (tar, the cipher, validation reading back) already keeps both busy, and two
+runs at once more than that: there each hand-off costs a wake-up and each piece
+crosses to the other core's cache, so hashing on the caller's thread right after its
+own pass over the piece took less CPU and ran faster (one run 486-502 MB/s against
+428-466, two at once 495-500 against 404-411, on a 3 GiB run; benchmarks/README.md).
+Helpers are therefore used by default only with :data:`HELPER_MIN_CORES` usable cores.
+
 ``cryptography`` keeps the GIL during ``update``, so a helper woken just before such a
 call starts hashing only after it. :meth:`ThreadedHash.submit` still does not wait until
 the helper is inside ``update``: with several helpers (the MDC, the tar stream's
@@ -22,6 +30,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 THREAD_THRESHOLD = 1 << 16
 """Pieces smaller than this are hashed inline (a thread hand-off costs more)."""
 
+HELPER_MIN_CORES = 3
+"""Usable cores from which a :class:`ThreadedHash` uses a helper thread by default."""
+
+
+def helpers_pay() -> bool:
+    """Whether this process has the cores for hashing helpers (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) >= HELPER_MIN_CORES
+
 Ticket = Future[None] | None
 """What :meth:`ThreadedHash.submit` returns: None when the piece was hashed inline."""
 
@@ -30,10 +46,11 @@ class ThreadedHash:
     """One hashlib hash over a stream of pieces. Use as a context manager or :meth:`close`."""
 
     def __init__(self, algorithm: str, *, threaded: bool | None = None) -> None:
-        """``threaded``: use a helper thread for large pieces (default: if 2+ CPUs)."""
+        """``threaded``: use a helper thread for large pieces (default:
+        :func:`helpers_pay`)."""
         self._hash = hashlib.new(algorithm, usedforsecurity=False)
         self._name = f"dfarchive-{algorithm}"
-        self._threaded = (os.cpu_count() or 1) > 1 if threaded is None else threaded
+        self._threaded = helpers_pay() if threaded is None else threaded
         self._pool: ThreadPoolExecutor | None = None
         self._last: Future[None] | None = None
 

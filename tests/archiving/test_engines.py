@@ -17,6 +17,7 @@ from dfarchive.archiving.engines import ENGINE_NAMES, get_engine
 from dfarchive.archiving.keys import new_run_key, resolve_recipient, wrap_key
 from dfarchive.archiving.validate import validate_archive
 from dfarchive.errors import Cancelled, ToolError
+from dfarchive.plumbing import threadhash
 from tests.support.gpg import (
     children_of,
     encrypt_to_file,
@@ -38,11 +39,14 @@ def test_get_engine_knows_both_names():
         get_engine("zip")
 
 
+@pytest.mark.parametrize("helpers", [True, False], ids=["hash-helpers", "hash-inline"])
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_archive_restores_identically_with_stock_gpg_and_tar(
-    engine, direct, symmetric_gnupg_home, run_folder, tmp_path
+    engine, direct, helpers, symmetric_gnupg_home, run_folder, tmp_path, monkeypatch
 ):
+    # both ways of hashing, whatever this host's cores would choose
+    monkeypatch.setattr(threadhash, "HELPER_MIN_CORES", 1 if helpers else 1 << 20)
     spec = run_folder()
     out = tmp_path / "run.tar.gpg"
     key = new_run_key()

@@ -56,8 +56,9 @@ class Engine(ABC):
     """The engine's name in the configuration and the run record."""
     doing: str
     """What the engine does, for error messages (``"gpg encryption"``)."""
-    threaded_hash: bool = False
-    """Whether the tar stream's SHA-256 is taken on a helper thread."""
+    threaded_hash: bool | None = False
+    """Whether the tar stream's SHA-256 is taken on a helper thread (None: where
+    :func:`~dfarchive.plumbing.threadhash.helpers_pay`)."""
 
     def encrypt(
         self,

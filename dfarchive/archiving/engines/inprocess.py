@@ -11,7 +11,8 @@ pays (``benchmarks/README.md``); only one child process (tar) is involved:
   every job that can run elsewhere does; ``cryptography`` releases the GIL while it
   encrypts);
 * helper threads take the tar stream's SHA-256 and the OpenPGP MDC's SHA-1 meanwhile
-  (hashlib releases the GIL);
+  (hashlib releases the GIL), on hosts with cores to spare for them; on two cores this
+  thread hashes each block itself (:mod:`dfarchive.plumbing.threadhash`);
 * the writer thread of :class:`~dfarchive.archiving.engines.output.ArchiveOutput` writes the
   encrypted bytes, directly to the device when the file allows it.
 """
@@ -23,10 +24,11 @@ from dfarchive.archiving.tarstream import TarStream
 from dfarchive.openpgp import SymmetricWriter
 from dfarchive.plumbing.readahead import ReadAhead
 
-# Each chunk is handed to two hashing helpers, and waking one takes about a millisecond
-# on a busy 2-core VM: at 1 MiB that is as long as the chunk's AES, at 4 MiB a quarter
-# of it (benchmarks/README.md); larger chunks gain nothing more and cost memory.
-CHUNK_SIZE = 4 << 20
+# 2 MiB, a core's L2 cache on the benchmark host: tar's output, its hashes and its
+# encryption then pass over a block while it is still in that cache. Where hashing
+# helpers are used, 1 MiB was too small (waking a helper took about a millisecond on a
+# busy 2-core VM, as long as a 1 MiB block's AES); benchmarks/README.md.
+CHUNK_SIZE = 2 << 20
 """Bytes of tar output handled per step (and the OpenPGP partial body size)."""
 
 READ_BLOCKS = 3
@@ -38,7 +40,7 @@ class InProcessEngine(Engine):
 
     name = "inprocess"
     doing = "in-process encryption"
-    threaded_hash = True
+    threaded_hash = None
 
     def _encrypt(self, job: Encryption) -> None:
         # exits run bottom-up: the writer completes the message before the output closes

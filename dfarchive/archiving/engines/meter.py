@@ -35,7 +35,7 @@ class PlaintextMeter:
         what: str,
         progress: Callable[[int], None] | None = None,
         *,
-        threaded: bool = False,
+        threaded: bool | None = False,
     ) -> None:
         self.what = what  # names the run in error messages
         self._tally = TarStreamTally(sha256=True, threaded=threaded)
