@@ -65,9 +65,9 @@ VALIDATION_METHODS = ("inprocess", "gpg")
 #: When the archive is read back: by a reader trailing the writer, or once it is written.
 VALIDATE_MODES = ("overlapped", "after")
 
-# 2 MiB, a core's L2 cache on the benchmark host: with two runs at once, 4 MiB reads
-# took 4.6-4.8 CPU s/GiB end to end and 2 MiB reads 4.4-4.6, throughput 3-4 % higher,
-# one run alone unchanged (benchmarks/README.md, "What the numbers say").
+# 2 MiB, a core's L2 cache on the benchmark host: with two runs at once (hashes on
+# helper threads), 4 MiB read-backs took 4.6-4.8 CPU s/GiB end to end and 2 MiB ones
+# 4.4-4.6, for 3-4 % more throughput; one run alone was unchanged.
 READ_SIZE = 2 << 20
 """Bytes read from the archive per step (a multiple of ``DIRECT_ALIGNMENT``)."""
 

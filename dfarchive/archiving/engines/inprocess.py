@@ -1,18 +1,18 @@
 """The ``inprocess`` engine: tar → :class:`~dfarchive.openpgp.SymmetricWriter` → file.
 
-The work is spread over both cores of a small host, the way the benchmarks showed it
-pays (``benchmarks/README.md``); only one child process (tar) is involved:
+The work is spread over the host's cores the way the benchmarks showed it pays
+(``benchmarks/README.md``); only one child process (tar) is involved:
 
 * a read-ahead thread (:class:`~dfarchive.plumbing.readahead.ReadAhead`) collects tar's output
-  into 4 MiB blocks;
+  into 2 MiB blocks;
 * this thread walks each block's tar headers
   (:class:`~dfarchive.archiving.engines.meter.PlaintextMeter`) and encrypts it (AES-CFB
-  chains each block to the one before, so this thread is the run's critical path:
-  every job that can run elsewhere does; ``cryptography`` releases the GIL while it
-  encrypts);
-* helper threads take the tar stream's SHA-256 and the OpenPGP MDC's SHA-1 meanwhile
-  (hashlib releases the GIL), on hosts with cores to spare for them; on two cores this
-  thread hashes each block itself (:mod:`dfarchive.plumbing.threadhash`);
+  chains each block to the one before, so this thread is the run's critical path;
+  ``cryptography`` releases the GIL while it encrypts);
+* the tar stream's SHA-256 and the OpenPGP MDC's SHA-1 are taken on helper threads
+  meanwhile where the host has cores to spare for them (hashlib releases the GIL); on
+  two cores, which the pipeline keeps busy on its own, this thread hashes each block
+  itself while it is still in its cache (:mod:`dfarchive.plumbing.threadhash`);
 * the writer thread of :class:`~dfarchive.archiving.engines.output.ArchiveOutput` writes the
   encrypted bytes, directly to the device when the file allows it.
 """

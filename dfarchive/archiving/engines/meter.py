@@ -25,9 +25,11 @@ class PlaintextMeter:
     ``progress`` is called with the bytes so far on the first chunk, then at most once
     every ``PROGRESS_INTERVAL`` seconds, and once more by :meth:`finish`.
 
-    With ``threaded``, SHA-256 runs on a helper thread while the caller goes on (the
-    caller keeps each chunk unchanged until its ticket is waited for, see
-    :meth:`update`); use the meter as a context manager then, to stop the helper.
+    With ``threaded`` (None: where helpers pay, see
+    :class:`~dfarchive.plumbing.threadhash.ThreadedHash`), SHA-256 runs on a helper
+    thread while the caller goes on (the caller keeps each chunk unchanged until its
+    ticket is waited for, see :meth:`update`); use the meter as a context manager then,
+    to stop the helper.
     """
 
     def __init__(
