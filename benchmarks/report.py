@@ -382,8 +382,7 @@ def _machine(report: Mapping[str, Any]) -> list[str]:
         f"* **Tools**: Python {m['python']}, {m['gpg']} ({m['libgcrypt']}), {m['tar']}, "
         f"cryptography {m['cryptography']} ({m['openssl']}), node {m['node']}",
         f"* **Load average** (1/5/15 min): {load['before']} at start, "
-        f"{load['after_each_round']} after each round, {load['after']} at the end "
-        "(other sessions shared the machine)",
+        f"{load['after_each_round']} after each round, {load['after']} at the end",
         f"* **Code**: the working tree at commit {str(code.get('commit'))[:12]}"
         + (f" with uncommitted changes to {', '.join(changes)}" if changes else "")
         + " (at the end of the run)",
