@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 THREAD_THRESHOLD = 1 << 16
 """Pieces smaller than this are hashed inline (a thread hand-off costs more)."""
@@ -33,10 +34,35 @@ THREAD_THRESHOLD = 1 << 16
 HELPER_MIN_CORES = 3
 """Usable cores from which a :class:`ThreadedHash` uses a helper thread by default."""
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""cgroup v2's CPU limit of this process's group, as a container sees it."""
+
 
 def helpers_pay() -> bool:
-    """Whether this process has the cores for hashing helpers (its CPU affinity)."""
-    return len(os.sched_getaffinity(0)) >= HELPER_MIN_CORES
+    """Whether this process has the cores for hashing helpers."""
+    return usable_cores() >= HELPER_MIN_CORES
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), fewer if a cgroup v2 CPU
+    limit allows less time than that (a container started with ``--cpus 2``)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        limit = quota_cores(CGROUP_CPU_MAX.read_text())
+    except OSError:  # no cgroup v2 here
+        limit = None
+    return min(cores, limit) if limit else cores
+
+
+def quota_cores(cpu_max: str) -> int | None:
+    """Whole cores of CPU time a cgroup v2 ``cpu.max`` (``"QUOTA PERIOD"``) allows,
+    rounded up; None for ``"max ..."`` (no limit) or a line it does not know."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or not all(field.isdigit() for field in fields) or fields[1] == "0":
+        return None
+    quota, period = int(fields[0]), int(fields[1])
+    return max(1, -(-quota // period))
+
 
 Ticket = Future[None] | None
 """What :meth:`ThreadedHash.submit` returns: None when the piece was hashed inline."""
